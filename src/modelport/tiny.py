@@ -19,7 +19,7 @@ from .source import cache_root
 from .validation_set import TEXTS
 
 SEED = 20261122
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 
 # Training text for the tiny Unigram tokenizer: the validation texts plus a little more, so the
 # vocabulary covers every script the validation set uses.
@@ -80,19 +80,42 @@ def _build_bert_arctic(out: Path) -> None:
     _sentence_transformers_files(out, "cls", 512, cfg.hidden_size)
 
 
+def _unigram_vocab(specials: list[str]) -> list[tuple[str, float]]:
+    """A Unigram vocabulary from corpus counts: whole words, then single characters.
+
+    `tokenizers`' UnigramTrainer is not deterministic (same input, different vocab on each run),
+    so the pieces and their log-probabilities are derived directly: deterministic, and still a
+    real SentencePiece-style Unigram model (Viterbi segmentation, ▁ word boundaries).
+    """
+    import math
+    import unicodedata
+    from collections import Counter
+
+    words: Counter[str] = Counter()
+    chars: Counter[str] = Counter()
+    for text in list(TEXTS) + [_EXTRA_TEXT]:
+        for word in unicodedata.normalize("NFKC", text).split():
+            words["▁" + word] += 1
+            chars.update(word)
+    total = sum(words.values()) + sum(chars.values())
+    vocab = [(tok, 0.0) for tok in specials] + [("▁", math.log(len(words) / total))]
+    # Characters are penalized so a whole-word piece wins over spelling it out.
+    vocab += [(w, math.log(c / total)) for w, c in sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))]
+    vocab += [(ch, math.log(c / total) - 10.0) for ch, c in sorted(chars.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return vocab
+
+
 def _build_xlm_roberta(out: Path) -> None:
     """Two-layer XLM-RoBERTa with BGE-M3's conventions: CLS pooling, <s>/</s>, pad id 1, offset positions."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizerFast
 
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
-    tk = Tokenizer(models.Unigram())
+    tk = Tokenizer(models.Unigram(_unigram_vocab(specials), unk_id=specials.index("<unk>"), byte_fallback=False))
     tk.normalizer = normalizers.NFKC()
     tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tk.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(vocab_size=1200, special_tokens=specials, unk_token="<unk>", show_progress=False)
-    tk.train_from_iterator(list(TEXTS) + [_EXTRA_TEXT] * 4, trainer)
     tk.add_special_tokens(["<mask>"])
     bos, eos = tk.token_to_id("<s>"), tk.token_to_id("</s>")
     tk.post_processor = processors.TemplateProcessing(
