@@ -89,6 +89,8 @@ def _print_report(out, report) -> None:
 
     data = report.to_json() if hasattr(report, "to_json") else report
     out.print(report_table(data))
+    for note in data.get("notes", []):
+        out.print(f"[yellow]note:[/] {note}")
     for name, r in data["variants"].items():
         for f in r["failures"]:
             out.print(f"[red]✗ {name}:[/] {f}")

@@ -29,6 +29,7 @@ class VariantResult:
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -40,6 +41,7 @@ class VariantResult:
             "failures": self.failures,
             "notes": self.notes,
             "seconds": round(self.seconds, 2),
+            "extra": self.extra,
         }
 
 
@@ -112,10 +114,15 @@ def validate(root: Path, variants: list[str] | None = None, progress: Callable[[
                                          [f"could not run: {type(e).__name__}: {str(e).splitlines()[0][:300]}"]))
             continue
         failures = check(precision, metrics)
+        extra: dict[str, Any] = {}
+        if hasattr(module, "extra_metrics"):
+            extra = module.extra_metrics(root, name, run, golden)
+            failures += extra.pop("failures", [])
         results.append(VariantResult(name, precision, not failures, metrics, failures, notes,
-                                     time.perf_counter() - t0))
+                                     time.perf_counter() - t0, extra))
     runtime = ", ".join(f"{k} {v}" for k, v in module.runtime_versions().items())
-    return Report(target=target_info["name"], runtime=runtime, results=results)
+    runtime_notes = module.runtime_notes(root) if hasattr(module, "runtime_notes") else []
+    return Report(target=target_info["name"], runtime=runtime, results=results, notes=runtime_notes)
 
 
 def record(root: Path, report: Report) -> None:

@@ -5,6 +5,12 @@ A target module provides:
   DEFAULT_VARIANTS: tuple[str, ...]
   convert(source, recipe, variants, out, step) -> dict    write the files, return target info
   load_runner(artifact_dir, variant) -> Runner             run one variant for the validator
+  runtime_versions() -> dict[str, str]                     recorded in the validation report
+Optional:
+  runtime_notes(artifact_dir) -> list[str]                 e.g. "Core ML runtime not available: ..."
+  extra_metrics(artifact_dir, variant, run, golden) -> dict  extra figures per variant (stored in the
+                                                           report under "extra"; e.g. distance to
+                                                           PyTorch running the dequantized weights)
 Modules are imported lazily: the validator image has no torch and no exporter toolchains.
 """
 
@@ -21,6 +27,9 @@ from ..errors import ModelportError
 
 TARGETS = {
     "onnx": "modelport.targets.onnx",
+    "coreml": "modelport.targets.coreml",
+    "mlx": "modelport.targets.mlx",
+    "mlc": "modelport.targets.mlc",
 }
 
 
@@ -41,8 +50,19 @@ def get(name: str) -> ModuleType:
         raise ModelportError(f"unknown target {name!r}; available: {', '.join(TARGETS)}")
     try:
         return importlib.import_module(TARGETS[name])
-    except ImportError as e:
-        raise ModelportError(f"target {name!r} needs packages that are not installed here: {e}") from e
+    except ModuleNotFoundError as e:
+        if e.name == TARGETS[name]:
+            raise ModelportError(f"target {name!r} is not implemented yet in modelport {_version()}") from e
+        raise ModelportError(
+            f"target {name!r} needs the package {e.name!r}, which is not installed in this environment "
+            f"(use the {name} image, or pip install 'modelport[{name}]')"
+        ) from e
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
 
 
 def parse_variants(module: ModuleType, spec: str | None) -> list[str]:
