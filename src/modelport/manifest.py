@@ -56,6 +56,8 @@ def build(root: Path, *, command: list[str], source: dict, recipe: dict, target:
         "command": command,
         "platform": {"system": platform.system(), "machine": platform.machine(), "python": sys.version.split()[0]},
         "tools": tool_versions(),
+        # Set by the Makefile when converting in a container: image tag @ content-derived ID.
+        "images": {"convert": os.environ["MODELPORT_IMAGE"]} if os.environ.get("MODELPORT_IMAGE") else {},
         "source": source,
         "recipe": recipe,
         "target": target,

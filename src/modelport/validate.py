@@ -127,6 +127,10 @@ def validate(root: Path, variants: list[str] | None = None, progress: Callable[[
 
 def record(root: Path, report: Report) -> None:
     """Store the report in the manifest (the manifest is not itself hashed)."""
+    import os
+
     man = manifest_mod.load(root)
     man["validation"] = report.to_json()
+    if os.environ.get("MODELPORT_IMAGE"):
+        man.setdefault("images", {})["validate"] = os.environ["MODELPORT_IMAGE"]
     manifest_mod.save(root, man)

@@ -1,0 +1,139 @@
+# modelport workbench: images, conversions in containers, validation, reproducibility checks.
+# `make help` lists the targets. Conversions run with --network none as the invoking user.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+DOCKER ?= docker
+# Any Debian-based Python 3.11 image. On machines without a registry: `make base` and
+# BASE=modelport/base:bookworm.
+BASE ?= python:3.11-slim-bookworm
+MODEL ?= all-minilm-l6-v2
+VARIANTS ?=
+# Optional extra CA bundle for build steps that reach a registry (passed as a BuildKit secret,
+# never copied into a layer). The hermetic images (wheelhouse) need none.
+CACERT ?=
+PYTHON ?= python3
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1700000000)
+export SOURCE_DATE_EPOCH DOCKER
+
+TOOLCHAINS := onnx coreml mlx mlc
+IMAGES := onnx validator coreml mlx
+STAMPS := build/stamps
+WHEEL := build/dist/modelport-$(VERSION)-py3-none-any.whl
+SRC := $(shell find src -name '*.py' -o -name '*.md' 2>/dev/null) pyproject.toml README.md
+UID_GID := $(shell id -u):$(shell id -g)
+
+# MODEL is a known model name (see `modelport recipes`) or a local Hugging Face model directory,
+# mounted read-only at /models/<name>.
+ifneq ($(wildcard $(MODEL)/config.json),)
+  MODEL_NAME := $(notdir $(abspath $(MODEL)))
+  MODEL_ARG := /models/$(MODEL_NAME)
+  MODEL_MOUNT := -v $(abspath $(MODEL)):/models/$(MODEL_NAME):ro
+  MODEL_DEPS := $(shell find $(MODEL) -type f)
+else
+  MODEL_NAME := $(MODEL)
+  MODEL_ARG := $(MODEL)
+  MODEL_MOUNT :=
+  MODEL_DEPS :=
+endif
+ART := artifacts/$(MODEL_NAME)
+RUN_ARGS = --rm --network none --user $(UID_GID) $(MODEL_MOUNT) \
+  -v $(CURDIR)/artifacts:/artifacts -v modelport-cache:/cache
+comma := ,
+SECRET_ARG := $(if $(CACERT),--secret id=cacert$(comma)src=$(CACERT),)
+VARIANTS_ARG := $(if $(VARIANTS),--variants $(VARIANTS),)
+
+.PHONY: help
+help: ## list targets
+	@echo "modelport $(VERSION) — make targets (MODEL=$(MODEL), BASE=$(BASE))"
+	@grep -hE '^[a-z][a-zA-Z0-9_-]*:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+# ---------------------------------------------------------------- inputs of the image builds
+.PHONY: base wheelhouse lock dist
+base: ## build the air-gapped base image modelport/base:bookworm (debootstrap)
+	scripts/base-image.sh modelport/base:bookworm
+
+lock: ## re-resolve images/*/requirements.in into hash-pinned requirements.lock (network)
+	$(PYTHON) scripts/lock.py
+
+wheelhouse: $(STAMPS)/wheelhouse ## download every locked wheel into wheelhouse/ (hashes checked)
+$(STAMPS)/wheelhouse: $(wildcard images/*/requirements.lock)
+	scripts/wheelhouse.sh
+	@mkdir -p $(@D) && touch $@
+
+dist: $(WHEEL) ## build the modelport wheel the images install
+$(WHEEL): $(SRC)
+	@rm -rf build/dist && mkdir -p build/dist
+	$(PYTHON) -m pip wheel -q --no-deps -w build/dist .
+	@rm -rf build/lib build/bdist* src/*.egg-info
+
+# ---------------------------------------------------------------- images
+.PHONY: images $(addprefix image-,$(IMAGES)) image-mlc image-digests
+images: image-onnx image-validator image-coreml image-mlx ## build every toolchain image + the validator
+
+# Each image: hermetic build (no network), then normalized so its ID depends only on content.
+$(STAMPS)/image-%: images/%/Dockerfile images/%/requirements.lock $(WHEEL) $(STAMPS)/wheelhouse
+	@mkdir -p $(@D)
+	DOCKER_BUILDKIT=1 $(DOCKER) build --network none $(SECRET_ARG) --build-arg BASE=$(BASE) \
+	  --build-arg SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) -f images/$*/Dockerfile -t modelport/$*:build .
+	$(PYTHON) scripts/normalize_image.py modelport/$*:build modelport/$*:$(VERSION) > $@.tmp
+	$(DOCKER) rmi modelport/$*:build >/dev/null
+	mv $@.tmp $@
+
+$(addprefix image-,$(IMAGES)): image-%: $(STAMPS)/image-%
+image-mlc:
+	@echo "error: the mlc toolchain image does not exist yet (MLC/WebLLM target not implemented)" >&2; exit 2
+
+image-digests: ## print the content-derived ID of every built image
+	@for i in $(IMAGES); do \
+	  if [ -f $(STAMPS)/image-$$i ]; then printf '%-10s %s\n' $$i "$$(cut -d' ' -f1 $(STAMPS)/image-$$i)"; \
+	  else printf '%-10s %s\n' $$i "(not built)"; fi; done
+
+# ---------------------------------------------------------------- conversions
+.PHONY: webgpu onnx coreml mlx mlc validate all
+webgpu: onnx ## MODEL -> ONNX for transformers.js/WebGPU, validated in the validator image
+onnx: $(STAMPS)/$(MODEL_NAME)-onnx.validated
+coreml: $(STAMPS)/$(MODEL_NAME)-coreml.validated ## MODEL -> Core ML .mlpackage, validated
+mlx: $(STAMPS)/$(MODEL_NAME)-mlx.validated ## MODEL -> MLX safetensors, validated
+mlc: ## MODEL -> MLC/WebLLM package (not implemented yet: fails with a message)
+	@echo "error: the mlc target is not implemented yet in modelport $(VERSION)" >&2; exit 2
+
+# Convert in the toolchain image (no validation there), then validate in the validator image.
+# The stamp is written only when validation passes, so a failed run is redone next time.
+$(STAMPS)/$(MODEL_NAME)-%.validated: $(STAMPS)/image-% $(STAMPS)/image-validator $(MODEL_DEPS)
+	@mkdir -p $(@D) artifacts
+	$(DOCKER) run $(RUN_ARGS) -e MODELPORT_IMAGE="modelport/$*:$(VERSION)@$$(cut -d' ' -f1 $(STAMPS)/image-$*)" \
+	  modelport/$*:$(VERSION) convert $(MODEL_ARG) --target $* $(VARIANTS_ARG) \
+	  --out /artifacts/$(MODEL_NAME)/$* --force --skip-validation
+	$(DOCKER) run $(RUN_ARGS) -e MODELPORT_IMAGE="modelport/validator:$(VERSION)@$$(cut -d' ' -f1 $(STAMPS)/image-validator)" \
+	  modelport/validator:$(VERSION) validate /artifacts/$(MODEL_NAME)/$*
+	@touch $@
+
+validate: ## re-validate every artifact of MODEL in the validator image
+	@test -d $(ART) || { echo "error: no artifacts for $(MODEL_NAME) in $(ART)" >&2; exit 2; }
+	@for d in $(ART)/*/; do $(DOCKER) run $(RUN_ARGS) modelport/validator:$(VERSION) validate /artifacts/$(MODEL_NAME)/$$(basename $$d) || exit 1; done
+
+all: webgpu coreml mlx ## every implemented target for MODEL
+
+# ---------------------------------------------------------------- tests and housekeeping
+.PHONY: setup test test-native test-docker clean clean-images
+setup: ## create .venv with the native toolchains (torch CPU, ONNX, Core ML, MLX)
+	./scripts/setup-native.sh
+
+test-native: setup ## fast tier: unit + conversion tests, no Docker
+	.venv/bin/python -m pytest -q
+
+test-docker: setup ## Docker tier: engine, base, images, `make webgpu` end to end, reproducibility
+	MODELPORT_DOCKER_TESTS=1 .venv/bin/python -m pytest -q tests/docker
+
+test: setup ## both tiers (what CI runs)
+	.venv/bin/python -m pytest -q
+	MODELPORT_DOCKER_TESTS=1 .venv/bin/python -m pytest -q tests/docker
+
+clean: ## remove artifacts/, build/ and stamps (images stay; see clean-images)
+	rm -rf artifacts build
+
+clean-images: ## remove modelport images
+	-$(DOCKER) rmi $(foreach i,$(IMAGES),modelport/$(i):$(VERSION)) 2>/dev/null
+	rm -f $(STAMPS)/image-*

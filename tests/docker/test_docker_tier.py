@@ -1,0 +1,110 @@
+"""Docker tier: the workbench as users run it — engine, base image, hermetic images, `make webgpu`.
+
+Runs only with MODELPORT_DOCKER_TESTS=1 (`make test-docker`, CI). It installs and starts a Docker
+engine if none runs (scripts/docker-engine.sh) and stops the one it started. Expensive things are
+built once per run and reused by the next run on the same machine (base image, BuildKit cache);
+a clean machine builds everything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else (shutil.which("docker") or "docker")
+BASE = "modelport/base:bookworm"
+MODEL = "all-minilm-l6-v2"
+
+pytestmark = pytest.mark.skipif(os.environ.get("MODELPORT_DOCKER_TESTS") != "1",
+                                reason="Docker tier: set MODELPORT_DOCKER_TESTS=1 (make test-docker)")
+
+
+def sh(*cmd: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True, env={**os.environ, **(env or {})})
+    print(f"$ {' '.join(cmd)}  ({time.perf_counter() - t0:.0f}s, rc={p.returncode})")
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}")
+    return p
+
+
+def make(*targets: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh("make", f"DOCKER={DOCKER}", f"BASE={BASE}", f"PYTHON={ROOT}/.venv/bin/python", *targets, check=check)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    sh("scripts/docker-engine.sh", "start")
+    yield
+    sh("scripts/docker-engine.sh", "stop", check=False)
+
+
+@pytest.fixture(scope="module")
+def images(engine) -> dict[str, str]:
+    """Base (debootstrap) + the onnx and validator images, built hermetically and normalized."""
+    have_base = sh(DOCKER, "image", "inspect", BASE, check=False).returncode == 0
+    if not have_base:
+        make("base")
+    make("image-onnx", "image-validator")
+    ids = {}
+    for name in ("onnx", "validator"):
+        ids[name] = (ROOT / "build/stamps" / f"image-{name}").read_text().split()[0]
+    return ids
+
+
+def test_make_webgpu_produces_a_validated_artifact(images: dict[str, str]) -> None:
+    make("webgpu", f"MODEL={MODEL}")
+    art = ROOT / "artifacts" / MODEL / "onnx"
+    man = json.loads((art / "manifest.json").read_text())
+    assert man["validation"]["status"] == "pass", man["validation"]
+    assert set(man["validation"]["variants"]) == {"fp32", "fp16", "q8", "uint8", "q4", "q4f16"}
+    assert man["validation"]["variants"]["fp32"]["metrics"]["tokens_max_abs"] <= 1e-5
+    # Converted in the onnx image, validated in the validator image: both recorded by content ID.
+    assert man["images"]["convert"].endswith(images["onnx"])
+    assert man["images"]["validate"].endswith(images["validator"])
+    # The validator needs only the artifact and onnxruntime: no torch in its image.
+    probe = "import importlib.util as u; print(u.find_spec('torch') is None, u.find_spec('onnxruntime') is not None)"
+    assert sh(DOCKER, "run", "--rm", "--network", "none", "--entrypoint", "python", "modelport/validator:0.1.0",
+              "-c", probe).stdout.split() == ["True", "True"]
+    from modelport.manifest import verify_files
+
+    assert verify_files(art, man) == []
+
+
+def test_second_run_does_nothing(images: dict[str, str]) -> None:
+    make("webgpu", f"MODEL={MODEL}")  # idempotent whatever the order tests run in
+    q = make("--question", "webgpu", f"MODEL={MODEL}", check=False)
+    assert q.returncode == 0, "make webgpu is not up to date after a successful run"
+    again = make("webgpu", f"MODEL={MODEL}")
+    assert "docker" not in again.stdout.replace("make", ""), again.stdout
+
+
+def test_validator_image_rebuilds_to_the_same_id(images: dict[str, str]) -> None:
+    """Two clean (--no-cache) builds of the same inputs give the same normalized image ID."""
+    got = []
+    for i in range(2):
+        tag = f"modelport/validator:repro{i}"
+        sh(DOCKER, "build", "--no-cache", "--network", "none", "--build-arg", f"BASE={BASE}",
+           "--build-arg", f"SOURCE_DATE_EPOCH={os.environ.get('SOURCE_DATE_EPOCH', '') or _epoch()}",
+           "-f", "images/validator/Dockerfile", "-t", f"{tag}-raw", ".", env={"DOCKER_BUILDKIT": "1"})
+        out = sh(f"{ROOT}/.venv/bin/python", "scripts/normalize_image.py", f"{tag}-raw", tag,
+                 env={"SOURCE_DATE_EPOCH": _epoch()})
+        got.append(out.stdout.split()[0])
+        sh(DOCKER, "rmi", f"{tag}-raw", tag, check=False)
+    assert got[0] == got[1] == images["validator"], got
+
+
+def test_image_digests_lists_built_images(images: dict[str, str]) -> None:
+    out = make("image-digests").stdout
+    assert images["onnx"] in out and images["validator"] in out
+
+
+def _epoch() -> str:
+    return sh("git", "log", "-1", "--format=%ct").stdout.strip()
