@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +17,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else (shutil.which("docker") or "docker")
+# Debian's docker.io client (BuildKit built in), which the engine fixture installs when missing.
+# Resolved here as a fixed path, not by looking at PATH at import time: before the fixture runs, the
+# only client may be one without buildx (/usr/local/bin/docker on this machine), which cannot build.
+DOCKER = "/usr/bin/docker"
 BASE = "modelport/base:bookworm"
 MODEL = "all-minilm-l6-v2"
 
