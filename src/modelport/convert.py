@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import manifest, reference, targets
+from . import lint, manifest, reference, targets
 from .errors import ModelportError
 from .fsutil import check_output_dir, staging_dir
 from .recipes import recipe_for
@@ -28,6 +28,7 @@ class ConvertRequest:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     validate: bool = True
+    ignore_lint: bool = False
     command: tuple[str, ...] = ()
 
 
@@ -49,6 +50,11 @@ def run(req: ConvertRequest, steps: Steps) -> tuple[Path, Report | None]:
             f"target {req.target!r} does not support {recipe.architecture.model_type} yet "
             f"(supported: {', '.join(recipe.architecture.targets)})"
         )
+    steps("config lint")
+    findings = lint.run(source.path, source.config, recipe, req.target)
+    lint.enforce(findings, req.ignore_lint)
+    for finding in findings:
+        steps.note(f"lint {finding.severity} [{finding.rule}]: {finding.message}")
     out = req.out or default_out(source.name, req.target)
 
     report = None
@@ -59,7 +65,8 @@ def run(req: ConvertRequest, steps: Steps) -> tuple[Path, Report | None]:
         target_info = module.convert(source, recipe, variants, work, steps)
         steps("write manifest (sha256 of every file)")
         man = manifest.build(work, command=list(req.command), source=source.to_json(),
-                             recipe=recipe.to_json(), target=target_info)
+                             recipe=recipe.to_json(), target=target_info,
+                             lint=[f.to_json() for f in findings])
         manifest.save(work, man)
         if req.validate:
             report = validate(work, progress=steps)

@@ -49,7 +49,8 @@ def file_hashes(root: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def build(root: Path, *, command: list[str], source: dict, recipe: dict, target: dict) -> dict[str, Any]:
+def build(root: Path, *, command: list[str], source: dict, recipe: dict, target: dict,
+          lint: list[dict] | None = None) -> dict[str, Any]:
     return {
         "manifest_version": 1,
         "created": created_timestamp(),
@@ -60,6 +61,7 @@ def build(root: Path, *, command: list[str], source: dict, recipe: dict, target:
         "images": {"convert": os.environ["MODELPORT_IMAGE"]} if os.environ.get("MODELPORT_IMAGE") else {},
         "source": source,
         "recipe": recipe,
+        "lint": lint or [],
         "target": target,
         "validation": {"status": "not-run"},
         "files": file_hashes(root),

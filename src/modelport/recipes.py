@@ -37,7 +37,11 @@ class Architecture:
     # position ids at padding_idx + 1).
     position_offset: int = 0
     quirks: tuple[Quirk, ...] = ()
-    targets: tuple[str, ...] = ("onnx",)
+    # Targets whose converter handles this architecture (the CLI refuses the others up front).
+    targets: tuple[str, ...] = ("onnx", "coreml", "mlx")
+    # Group size for group-wise weight quantization (MLX q8/q4): 64 is mlx-lm's default; a smaller
+    # divisor is chosen when a layer's input width is not a multiple of it.
+    quant_group_size: int = 64
 
 
 TORCH_EXPORT_ONLY = Quirk(
@@ -100,6 +104,7 @@ class Recipe:
     hidden_size: int
     pooling_source: str  # "sentence-transformers" or "architecture-default"
     notes: tuple[str, ...] = field(default=())
+    quant_group_size: int = 64
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -116,6 +121,7 @@ class Recipe:
             "max_length": self.max_length,
             "hidden_size": self.hidden_size,
             "pooling_source": self.pooling_source,
+            "quant_group_size": self.quant_group_size,
             "quirks": [q.name for q in self.architecture.quirks],
             "notes": list(self.notes),
         }
@@ -136,7 +142,7 @@ def architecture_for(config: dict[str, Any]) -> Architecture:
     return ARCHITECTURES[model_type]
 
 
-def _read_pooling(model_dir: Path) -> tuple[str, bool] | None:
+def read_pooling(model_dir: Path) -> tuple[str, bool] | None:
     """Pooling mode and normalization from sentence-transformers' modules.json, if present."""
     modules_path = model_dir / "modules.json"
     if not modules_path.is_file():
@@ -190,7 +196,7 @@ def _max_length(model_dir: Path, config: dict[str, Any], arch: Architecture) -> 
 
 def recipe_for(model_dir: Path, config: dict[str, Any]) -> Recipe:
     arch = architecture_for(config)
-    pooled = _read_pooling(model_dir)
+    pooled = read_pooling(model_dir)
     notes: list[str] = []
     if pooled is None:
         pooling, normalize, source = arch.default_pooling, True, "architecture-default"
@@ -198,6 +204,7 @@ def recipe_for(model_dir: Path, config: dict[str, Any]) -> Recipe:
     else:
         (pooling, normalize), source = pooled, "sentence-transformers"
     max_length, more = _max_length(model_dir, config, arch)
+    group, group_notes = _quant_group_size(config, arch)
     return Recipe(
         architecture=arch,
         pooling=pooling,
@@ -205,5 +212,22 @@ def recipe_for(model_dir: Path, config: dict[str, Any]) -> Recipe:
         max_length=max_length,
         hidden_size=int(config["hidden_size"]),
         pooling_source=source,
-        notes=tuple(notes + more),
+        notes=tuple(notes + more + group_notes),
+        quant_group_size=group,
     )
+
+
+def _quant_group_size(config: dict[str, Any], arch: Architecture) -> tuple[int, list[str]]:
+    """The architecture's group size, or the largest smaller power of two (>= 16) that divides
+    every quantized layer's input width (hidden and intermediate sizes)."""
+    widths = [int(config[k]) for k in ("hidden_size", "intermediate_size") if k in config]
+    group = arch.quant_group_size
+    while group >= 16:
+        if all(w % group == 0 for w in widths):
+            break
+        group //= 2
+    else:
+        return 0, [f"no quantization group size divides the layer widths {widths}: group-wise quantization unavailable"]
+    notes = [] if group == arch.quant_group_size else [
+        f"quantization group size {group} (the default {arch.quant_group_size} does not divide {widths})"]
+    return group, notes

@@ -112,3 +112,35 @@ def sentence_embeddings(golden: Golden) -> np.ndarray:
         if not case["batched"]:
             out[case["text_ids"][0]] = golden.output(case["name"], "sentence_embedding")[0]
     return np.stack(out)
+
+
+def outputs_with_weights(source, recipe, golden: Golden, replace: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """PyTorch fp32 outputs on the golden inputs with some weights replaced.
+
+    Used to split a quantized format's error from its runtime's error: the replaced weights are
+    the format's dequantized weights, so PyTorch computes exactly what the format stores, and the
+    runtime (MLX, onnxruntime, ...) should match this to fp32 precision.
+    """
+    import torch
+
+    from .torch_model import load_hf_model, make_encoder
+
+    model = load_hf_model(source)
+    state = model.state_dict()
+    missing = sorted(set(replace) - set(state))
+    if missing:
+        raise KeyError(f"dequantized weights not in the PyTorch model: {missing[:5]}")
+    for name, value in replace.items():
+        if tuple(state[name].shape) != value.shape:
+            raise ValueError(f"{name}: dequantized shape {value.shape} != checkpoint {tuple(state[name].shape)}")
+        state[name] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+    model.load_state_dict(state)
+    encoder = make_encoder(model, recipe)
+    arrays: dict[str, np.ndarray] = {}
+    for case in golden.cases:
+        feeds = golden.inputs(case["name"])
+        with torch.no_grad():
+            outs = encoder(*[torch.from_numpy(feeds[n]) for n in golden.meta["inputs"]])
+        for name, value in zip(OUTPUTS, outs):
+            arrays[f"{case['name']}/{name}"] = value.numpy().astype(np.float32)
+    return arrays

@@ -33,6 +33,12 @@ class Steps:
         self.started = time.perf_counter()
         self.status.update(f"{message} ...")
 
+    def note(self, message: str) -> None:
+        """A line that stays on screen (a lint warning, a skipped check), between step lines."""
+        from rich.markup import escape
+
+        self.out.print(f"[yellow]![/] {escape(message)}", soft_wrap=True)
+
     def _finish(self) -> None:
         if self.current is not None:
             self.out.print(f"[green]✓[/] {self.current} [dim]({time.perf_counter() - self.started:.1f}s)[/]")

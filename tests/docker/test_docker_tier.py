@@ -80,6 +80,28 @@ def test_make_webgpu_produces_a_validated_artifact(images: dict[str, str]) -> No
     assert verify_files(art, man) == []
 
 
+@pytest.mark.parametrize("target", ["mlx"])
+def test_make_other_targets_on_a_tiny_model(images: dict[str, str], target: str) -> None:
+    """Each toolchain image converts (as the invoking user, no network); the validator validates.
+
+    A tiny model keeps this tier's time down: the native tier proves MiniLM parity per target;
+    this proves the images, mounts and Makefile plumbing.
+    """
+    model = "tiny-xlm-roberta"
+    make(f"image-{target}")
+    make(target, f"MODEL={model}")
+    art = ROOT / "artifacts" / model / target
+    man = json.loads((art / "manifest.json").read_text())
+    assert man["validation"]["status"] == "pass", man["validation"]
+    image_id = (ROOT / "build/stamps" / f"image-{target}").read_text().split()[0]
+    assert man["images"]["convert"].endswith(image_id)
+    assert man["images"]["validate"].endswith(images["validator"])
+    assert os.stat(art / "manifest.json").st_uid == os.getuid()  # written as the invoking user
+    from modelport.manifest import verify_files
+
+    assert verify_files(art, man) == []
+
+
 def test_second_run_does_nothing(images: dict[str, str]) -> None:
     make("webgpu", f"MODEL={MODEL}")  # idempotent whatever the order tests run in
     q = make("--question", "webgpu", f"MODEL={MODEL}", check=False)

@@ -15,14 +15,11 @@ The graph has two outputs: `last_hidden_state` (what transformers.js pools itsel
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import ModelportError
-from ..fsutil import read_json, write_json
 from . import Runner, Variant
 
 OPSET = 18
@@ -41,8 +38,6 @@ VARIANTS: dict[str, Variant] = {
 }
 DEFAULT_VARIANTS = tuple(VARIANTS)
 OUTPUT_NAMES = ["last_hidden_state", "sentence_embedding"]
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-POOLING_FILES = ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
 
 Step = Callable[[str], Any]
 
@@ -113,23 +108,9 @@ def quantize_q4(src: Path, dst: Path) -> None:
 
 def write_layout(source, recipe, out: Path) -> list[str]:
     """config + tokenizer (+ sentence-transformers pooling config) next to onnx/."""
-    shutil.copyfile(source.path / "config.json", out / "config.json")
-    written = ["config.json"]
-    for name in TOKENIZER_FILES + POOLING_FILES:
-        src = source.path / name
-        if src.is_file():
-            (out / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, out / name)
-            written.append(name)
-    if "tokenizer.json" not in written:
-        raise ModelportError(f"no tokenizer.json in {source.path}: transformers.js needs the fast tokenizer file")
-    # Clients truncate at model_max_length: make it the length the reference was computed at.
-    tok_cfg = read_json(out / "tokenizer_config.json") if (out / "tokenizer_config.json").is_file() else {}
-    tok_cfg["model_max_length"] = recipe.max_length
-    write_json(out / "tokenizer_config.json", tok_cfg)
-    if "tokenizer_config.json" not in written:
-        written.append("tokenizer_config.json")
-    return written
+    from ..layout import copy_model_files
+
+    return copy_model_files(source, recipe, out)
 
 
 def convert(source, recipe, variants: list[str], out: Path, step: Step) -> dict[str, Any]:

@@ -1,0 +1,77 @@
+"""The files every artifact carries next to its weights: config, tokenizer, pooling config.
+
+On-device clients read these, not the manifest: transformers.js and MLX loaders take the
+tokenizer and the sentence-transformers pooling config from the artifact folder. Upstream
+converters often drop the pooling config (a client then guesses the pooling); here it is always
+written, and when the checkpoint had none, it is written from the recipe so the guess the
+conversion used is the one the client reads.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .errors import ModelportError
+from .fsutil import read_json, write_json
+from .recipes import Recipe, read_pooling
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+POOLING_FILES = ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
+
+
+def write_pooling_config(out: Path, pooling: str, normalize: bool, max_seq_length: int, dim: int) -> None:
+    """sentence-transformers' modules.json + Pooling (+ Normalize) config for a pooling mode."""
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (out / "2_Normalize").mkdir(parents=True, exist_ok=True)
+    write_json(out / "modules.json", modules)
+    write_json(out / "1_Pooling" / "config.json", {
+        "word_embedding_dimension": dim,
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    })
+    write_json(out / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
+
+
+def copy_model_files(source, recipe: Recipe, out: Path) -> list[str]:
+    """config + tokenizer + pooling config into `out`; returns the relative paths written.
+
+    tokenizer_config.json's `model_max_length` becomes the length the reference was computed at,
+    since clients truncate there.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source.path / "config.json", out / "config.json")
+    written = ["config.json"]
+    for name in TOKENIZER_FILES + POOLING_FILES:
+        src = source.path / name
+        if src.is_file():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, out / name)
+            written.append(name)
+    if "tokenizer.json" not in written:
+        raise ModelportError(f"no tokenizer.json in {source.path}: on-device clients need the fast tokenizer file")
+    tok_cfg = read_json(out / "tokenizer_config.json") if (out / "tokenizer_config.json").is_file() else {}
+    tok_cfg["model_max_length"] = recipe.max_length
+    write_json(out / "tokenizer_config.json", tok_cfg)
+    if "tokenizer_config.json" not in written:
+        written.append("tokenizer_config.json")
+    if recipe.pooling_source != "sentence-transformers":
+        write_pooling_config(out, recipe.pooling, recipe.normalize, recipe.max_length, recipe.hidden_size)
+        written += [p for p in POOLING_FILES if p not in written]
+    check_pooling_carried(out, recipe)
+    return written
+
+
+def check_pooling_carried(out: Path, recipe: Recipe) -> None:
+    """The pooling a client will read from `out` is the pooling the reference used."""
+    shipped = read_pooling(out)
+    if shipped != (recipe.pooling, recipe.normalize):
+        raise ModelportError(
+            f"pooling config in {out} says {shipped}, the reference used {(recipe.pooling, recipe.normalize)}")
