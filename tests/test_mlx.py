@@ -78,32 +78,29 @@ def test_xlm_roberta_position_offset_in_mlx(xlmr_mlx: Path) -> None:
     assert validation["variants"]["f32"]["metrics"]["tokens_max_abs"] <= 1e-5
 
 
-def test_a_changed_weight_fails_validation(xlmr_mlx: Path, tmp_path: Path) -> None:
-    """0.1 % on one LayerNorm weight is far below any cosine gate's notice but not fp32's."""
+def perturbed_copy(art: Path, tmp_path: Path, variant: str, tensor: str, factor: float) -> Path:
+    """A copy of the artifact with one tensor of one variant scaled (the manifest is left as it was)."""
     import mlx.core as mx
 
-    art = tmp_path / "art"
-    shutil.copytree(xlmr_mlx, art)
-    path = art / "f32" / "model.safetensors"
+    copy = tmp_path / "art"
+    shutil.copytree(art, copy)
+    path = copy / variant / "model.safetensors"
     weights = dict(mx.load(str(path)))
-    key = "encoder.layer.1.output.LayerNorm.weight"
-    weights[key] = weights[key] * 1.001
+    weights[tensor] = weights[tensor] * factor
     mx.save_safetensors(str(path), weights)
+    return copy
+
+
+def test_a_changed_weight_fails_validation(xlmr_mlx: Path, tmp_path: Path) -> None:
+    """0.1 % on one LayerNorm weight is far below any cosine gate's notice but not fp32's."""
+    art = perturbed_copy(xlmr_mlx, tmp_path, "f32", "encoder.layer.1.output.LayerNorm.weight", 1.001)
     result = validate(art, ["f32"]).results[0]
     assert not result.passed and "max abs" in result.failures[0]
 
 
 def test_a_runtime_error_is_told_apart_from_quantization_error(xlmr_mlx: Path, tmp_path: Path) -> None:
     """Scales changed after the dequantized reference was made: the runtime gate names the runtime."""
-    import mlx.core as mx
-
-    art = tmp_path / "art"
-    shutil.copytree(xlmr_mlx, art)
-    path = art / "q4" / "model.safetensors"
-    weights = dict(mx.load(str(path)))
-    key = "encoder.layer.0.intermediate.dense.scales"
-    weights[key] = weights[key] * 1.01
-    mx.save_safetensors(str(path), weights)
+    art = perturbed_copy(xlmr_mlx, tmp_path, "q4", "encoder.layer.0.intermediate.dense.scales", 1.01)
     result = validate(art, ["q4"]).results[0]
     assert any("runtime error, not quantization error" in f for f in result.failures), result.failures
 

