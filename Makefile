@@ -118,8 +118,10 @@ all: webgpu coreml mlx ## every implemented target for MODEL
 
 # ---------------------------------------------------------------- tests and housekeeping
 .PHONY: setup test test-native test-docker clean clean-images
-setup: ## create .venv with the native toolchains (torch CPU, ONNX, Core ML, MLX)
+setup: ## create .venv with the native toolchains (torch CPU, ONNX, Core ML, MLX, TVM) + browser clients
 	./scripts/setup-native.sh
+	./scripts/setup-clients.sh
+	@if [ -x scripts/setup-mlc.sh ]; then ./scripts/setup-mlc.sh; fi
 
 test-native: setup ## fast tier: unit + conversion tests, no Docker
 	.venv/bin/python -m pytest -q

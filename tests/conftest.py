@@ -35,3 +35,54 @@ def xlmr_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("artifacts") / "xlmr"
     assert convert("tiny-xlm-roberta", "--target", "onnx", "--out", str(out)) == 0
     return out
+
+
+# --- real clients (transformers.js in Node and headless Chromium): run once per session --------------
+# Installed by scripts/setup-clients.sh. Locally a missing prerequisite skips with the reason; in CI
+# (CI=true) it fails, so the checks can never silently disappear from the pipeline.
+CHROMIUM_PLAN = {"chromium-webgpu": ["fp32", "q4", "fp16"], "chromium-wasm": ["fp32", "fp16"]}
+
+
+def require_clients(names: list[str], matplotlib: bool = False) -> None:
+    from modelport.clients import missing_prerequisites
+
+    missing = missing_prerequisites(names)
+    if matplotlib:
+        try:
+            import matplotlib as _  # noqa: F401
+        except ImportError:
+            missing.append("matplotlib is not installed in this Python")
+    if missing:
+        why = "; ".join(missing) + " (run scripts/setup-clients.sh)"
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"CI=true but the client prerequisites are missing: {why}", pytrace=False)
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def node_clients(minilm_onnx: Path) -> dict:
+    """Every MiniLM variant through transformers.js in Node (onnxruntime-node, CPU), all golden cases."""
+    from modelport.clients import check
+
+    require_clients(["node"])
+    return check(minilm_onnx, {"node": None})
+
+
+@pytest.fixture(scope="session")
+def chromium_clients(minilm_onnx: Path) -> dict:
+    """MiniLM in headless Chromium: WebGPU (SwiftShader; quick subset, it runs ~4 s per call) and wasm (all cases)."""
+    from modelport.clients import check
+
+    require_clients(list(CHROMIUM_PLAN))
+    return check(minilm_onnx, CHROMIUM_PLAN, quick={"chromium-webgpu"})
+
+
+@pytest.fixture()
+def minilm_linked(minilm_onnx: Path, tmp_path: Path) -> Path:
+    """A hard-linked copy of the MiniLM artifact: instant, no disk. Replace a file (unlink, then write)
+    to change it; writing into a linked file in place would change the session's artifact too."""
+    import shutil
+
+    dst = tmp_path / "minilm"
+    shutil.copytree(minilm_onnx, dst, copy_function=os.link)
+    return dst

@@ -2,7 +2,12 @@
 
     modelport convert <model> --target onnx [--variants fp32,fp16,q8,uint8,q4,q4f16] [--out DIR]
     modelport validate <artifact-dir> [--variants ...]
+    modelport clients <artifact-dir> [--clients node,chromium-webgpu,chromium-wasm] [--variants ...] [--quick]
+    modelport report <artifact-dir>
     modelport recipes
+    modelport fetch <org/name>[@revision]
+    modelport models
+    modelport publish <artifact-dir> --repo <user/name> [--private] [--dry-run DIR]
 
 User errors print one line (`error: ...`) and exit 2; a failed validation prints the table and
 the failing inputs and exits 1.
@@ -49,19 +54,24 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    c.add_argument("model", help=f"a local Hugging Face model directory, or a known model: {', '.join(MODELS)}")
+    c.add_argument("model", help=f"a local Hugging Face model directory, a hub id org/name[@revision] (from the "
+                   f"Hugging Face cache, downloaded if missing), or a known model: {', '.join(MODELS)}")
     c.add_argument("--target", "-t", required=True, choices=sorted(TARGETS), help="output format")
     c.add_argument(
         "--variants",
         help="comma-separated precisions to write (default: all the target supports). "
-        "onnx: fp32,fp16,q8,uint8,q4,q4f16 (transformers.js dtype names)",
+        "onnx: fp32,fp16,q8,uint8,q4,q4f16 (transformers.js dtype names); coreml: fp32,fp16,w8,pal6,pal4",
     )
+    c.add_argument("--shape", help="coreml: input shape of the packages (batch 1): fixed[:N] (default fixed:128), "
+                   "range[:LO-HI] (default 1 to the max length), enumerated[:N,N,...] (default 32,64,...,max length)")
     c.add_argument("--out", "-o", type=Path, help="artifact directory (default: artifacts/<model>/<target>)")
     c.add_argument("--force", action="store_true", help="replace an existing artifact directory")
     c.add_argument("--allow-pickle", action="store_true",
                    help="accept pytorch_model.bin (pickle) weights; they can execute code when loaded")
     c.add_argument("--trust-remote-code", action="store_true",
                    help="accept models whose config needs code from the model repo (auto_map)")
+    c.add_argument("--ignore-lint", action="store_true",
+                   help="convert even when the config lint finds an error (findings are recorded in the manifest)")
     c.add_argument("--skip-validation", action="store_true",
                    help="write the artifact without validating (run `modelport validate` later, e.g. in the "
                    "validator image)")
@@ -78,6 +88,35 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("artifact", type=Path, help="artifact directory written by `modelport convert`")
     v.add_argument("--variants", help="comma-separated subset of the artifact's variants (default: all)")
 
+    cl = sub.add_parser(
+        "clients",
+        help="run an ONNX artifact in real clients (transformers.js in Node / headless Chromium) and record it",
+        description="Check every file against manifest.json, then run each variant through transformers.js's "
+        "feature-extraction pipeline in the chosen clients (node: onnxruntime-node on CPU; chromium-webgpu / "
+        "chromium-wasm: headless Chromium, page served from 127.0.0.1, nothing from a CDN). Each run is judged "
+        "three ways: token ids vs the golden ids (per input), the threshold table vs the golden outputs, and "
+        "Python onnxruntime on the same token ids (fp32: max abs <= 1e-6). Results go to manifest.json "
+        "validation.clients and report.html. Needs scripts/setup-clients.sh.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cl.add_argument("artifact", type=Path, help="ONNX artifact directory (transformers.js layout)")
+    cl.add_argument("--clients", default="node",
+                    help="comma-separated: node, chromium-webgpu, chromium-wasm (default: node)")
+    cl.add_argument("--variants", help="comma-separated subset of the artifact's variants (default: all)")
+    cl.add_argument("--quick", action="store_true",
+                    help="run 4 of the golden cases (empty, CJK and emoji texts, the smallest padded batch) "
+                    "instead of all 50; for slow devices like SwiftShader WebGPU (~4 s per call). Per-input gates "
+                    "(max abs, cos min) apply; cos mean and top-5 describe the whole set and are not gated")
+
+    rp = sub.add_parser("report", help="write report.html: verdicts, figures, file sizes and plots",
+                        description="Write <dir>/report.html from the manifest(s): per target and variant the "
+                        "verdict of the Python validator and of each real client, max abs / cosine / top-5, file "
+                        "sizes, tokenizer parity, and plots (embedded, viewable offline). <dir> is an artifact "
+                        "or a folder of artifacts (artifacts/<model>/). Needs matplotlib.")
+    rp.add_argument("artifact", type=Path, help="artifact directory, or a folder holding several")
+
+    _add_hub_commands(sub)
     sub.add_parser("recipes", help="list supported architectures, known models and thresholds",
                    description="List the architecture registry, the models modelport can build or load "
                    "offline, and the validation threshold table.")
@@ -85,17 +124,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_report(out, report) -> None:
+    from rich.markup import escape
+
     from .ui import report_table
 
     data = report.to_json() if hasattr(report, "to_json") else report
     out.print(report_table(data))
     for note in data.get("notes", []):
-        out.print(f"[yellow]note:[/] {note}")
+        out.print(f"[yellow]note:[/] {escape(note)}")
     for name, r in data["variants"].items():
         for f in r["failures"]:
-            out.print(f"[red]✗ {name}:[/] {f}")
+            out.print(f"[red]✗ {name}:[/] {escape(f)}")
         for n in r["notes"]:
-            out.print(f"[dim]  {name}: {n}[/]")
+            out.print(f"[dim]  {name}: {escape(n)}[/]")
 
 
 def _convert(args: argparse.Namespace, out) -> int:
@@ -105,12 +146,14 @@ def _convert(args: argparse.Namespace, out) -> int:
     req = ConvertRequest(
         model=args.model, target=args.target, variants=args.variants, out=args.out, force=args.force,
         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
-        validate=not args.skip_validation, command=tuple(["modelport"] + sys.argv[1:]),
+        validate=not args.skip_validation, ignore_lint=args.ignore_lint, command=tuple(["modelport"] + sys.argv[1:]),
+        options={"shape": args.shape} if args.shape else {},
     )
     with Steps(out) as steps:
         path, report = run(req, steps)
     if report is not None:
         _print_report(out, report)
+        _write_report(out, path)
         if not report.passed:
             failed = [r.variant for r in report.results if not r.passed]
             raise ValidationFailed(f"validation failed for {', '.join(failed)}; artifact kept at {path} for inspection")
@@ -118,12 +161,10 @@ def _convert(args: argparse.Namespace, out) -> int:
     return 0
 
 
-def _validate(args: argparse.Namespace, out) -> int:
+def _verified_manifest(root: Path) -> dict:
+    """The artifact's manifest, after checking every file against its sha256 (a changed file is a failure)."""
     from . import manifest
-    from .ui import Steps
-    from .validate import record, validate
 
-    root = args.artifact
     if not (root / manifest.MANIFEST).is_file():
         raise ModelportError(f"{root} is not a modelport artifact (no {manifest.MANIFEST})")
     man = manifest.load(root)
@@ -131,16 +172,75 @@ def _validate(args: argparse.Namespace, out) -> int:
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise ValidationFailed(f"artifact files do not match manifest.json: {shown}")
+    return man
+
+
+def _validate(args: argparse.Namespace, out) -> int:
+    from .ui import Steps
+    from .validate import record, validate
+
+    root = args.artifact
+    _verified_manifest(root)
     variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
     with Steps(out) as steps:
         report = validate(root, variants, progress=steps)
     if variants is None:
         record(root, report)
     _print_report(out, report)
+    _write_report(out, root)
     if not report.passed:
         failed = [r.variant for r in report.results if not r.passed]
         raise ValidationFailed(f"validation failed for {', '.join(failed)}")
     out.print(f"[bold green]{root}: all {len(report.results)} variants pass[/]")
+    return 0
+
+
+def _write_report(out, path: Path) -> None:
+    """report.html after every validation run; without matplotlib one line says so, never an error."""
+    from .report import try_write_report
+
+    written, message = try_write_report(path)
+    out.print(message if written else f"[yellow]{message}[/]", soft_wrap=True)
+
+
+def _report(args: argparse.Namespace, out) -> int:
+    from .report import try_write_report
+
+    written, message = try_write_report(args.artifact)
+    if written is None:
+        raise ModelportError(message)
+    out.print(message)
+    out.print(f"open it with: xdg-open {written}  (or python -m http.server -d {written.parent}, "
+              f"then http://127.0.0.1:8000/{written.name})", soft_wrap=True)
+    return 0
+
+
+def _clients(args: argparse.Namespace, out) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+
+    from . import clients
+
+    root = args.artifact
+    _verified_manifest(root)
+    names = [c.strip() for c in args.clients.split(",") if c.strip()]
+    variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
+    results = clients.check(root, {n: variants for n in names}, quick=names if args.quick else (),
+                            progress=lambda line: out.print(f"[dim]  {escape(line)}[/]"))
+    clients.record(root, results)
+    # In logs (no terminal) rich assumes 80 columns and squeezes 11 columns into '…': print wider there.
+    wide = out if out.is_terminal else Console(stderr=True, highlight=False, width=150)
+    wide.print(clients.summary_table(results))
+    for line in clients.problem_lines(results):
+        out.print(f"[red]✗[/] {escape(line)}", soft_wrap=True)
+    for line in clients.unsupported_lines(results):
+        out.print(f"[yellow]–[/] {escape(line)}", soft_wrap=True)
+    _write_report(out, root)
+    failed = [n for n, e in results.items() if e["status"] == "fail"]
+    if failed:
+        raise ValidationFailed(f"client check failed for {', '.join(failed)} (see above; recorded in "
+                               f"{root}/manifest.json)")
+    out.print(f"[bold green]{root}: {', '.join(names)} pass[/]")
     return 0
 
 
@@ -174,7 +274,95 @@ def _recipes(out) -> int:
     return 0
 
 
+def _add_hub_commands(sub) -> None:
+    """fetch / models / publish: the Hugging Face hub side (hub.py, publish.py, modelcard.py)."""
+    f = sub.add_parser(
+        "fetch", help="download a hub model into the Hugging Face cache (safetensors, configs, tokenizer only)",
+        description="Download org/name[@revision] into the standard Hugging Face cache (HF_HOME / HF_HUB_CACHE) "
+        "and print the commit it resolved to. Only *.safetensors, *.json, tokenizer files, sentence-transformers "
+        "module folders and README.md are fetched; pickle weights (*.bin, *.pt), other frameworks' weights and "
+        "ONNX files never are. Files already cached are never downloaded again, and a dropped connection resumes "
+        "where it stopped. "
+        "With HF_HUB_OFFLINE=1 only the cache is used.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    f.add_argument("model", help="hub id, optionally @branch, @tag or @commit-sha "
+                   "(e.g. Snowflake/snowflake-arctic-embed-xs@main)")
+    sub.add_parser("models", help="list known models and the hub models in the Hugging Face cache",
+                   description="List the models modelport builds or loads without a hub, and the model repos in "
+                   "the Hugging Face cache (with their cached commits) that `convert` can use offline.")
+    pb = sub.add_parser(
+        "publish", help="upload a validated artifact with a generated model card to a hub repo",
+        description="Upload ARTIFACT to the hub repo --repo, with a generated README.md model card (hub metadata, "
+        "usage snippet for the target's client, validation table, file sizes, how to reproduce). Refused when "
+        "the artifact's validation failed or was not run, or when a file no longer matches manifest.json. "
+        "Token: HF_TOKEN, or the one saved by `hf auth login`.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pb.add_argument("artifact", type=Path, help="artifact directory written by `modelport convert`")
+    pb.add_argument("--repo", required=True, help="hub repo to create or update: <user or org>/<name>")
+    pb.add_argument("--private", action="store_true", help="create the repo as private (if it does not exist)")
+    pb.add_argument("--dry-run", type=Path, metavar="DIR",
+                    help="write the exact folder that would be uploaded (files + README.md) to DIR; upload nothing")
+
+
+def _fetch(args: argparse.Namespace, out) -> int:
+    from rich.markup import escape
+
+    from . import hub
+
+    snap = hub.fetch(hub.parse(args.model))
+    how = "downloaded" if snap.downloaded else "already in the cache, nothing downloaded"
+    out.print(f"[bold green]{escape(str(snap.ref))}[/] -> commit {snap.commit} ({how})", soft_wrap=True)
+    out.print(escape(str(snap.path)), soft_wrap=True)
+    return 0
+
+
+def _models(out) -> int:
+    import datetime
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    from . import hub
+    from .source import MODELS
+
+    known = Table(title="known models (no hub needed)")
+    known.add_column("name")
+    known.add_column("what")
+    for k in MODELS.values():
+        known.add_row(k.name, k.description)
+    out.print(known)
+    cached = Table(title=f"Hugging Face cache: {escape(str(hub.cache_dir()))}"
+                   + (" (HF_HUB_OFFLINE=1)" if hub.offline() else ""))
+    for col in ("hub id", "commits (refs)", "size", "last used"):
+        cached.add_column(col)
+    for m in hub.cached_models():
+        revs = ", ".join(c[:12] + (f" ({', '.join(refs)})" if refs else "") for c, refs in m.revisions)
+        when = datetime.datetime.fromtimestamp(m.last_modified).strftime("%Y-%m-%d %H:%M")
+        cached.add_row(m.repo_id, revs, f"{m.size_on_disk / 1e6:.1f} MB", when)
+    out.print(cached)
+    return 0
+
+
+def _publish(args: argparse.Namespace, out) -> int:
+    from rich.markup import escape
+
+    from .publish import publish
+
+    result = publish(args.artifact, args.repo, private=args.private, dry_run=args.dry_run)
+    if result.dry_run is not None:
+        out.print(f"[bold green]dry run:[/] wrote the {len(result.files)} files that would go to {result.repo} into "
+                  f"{escape(str(result.dry_run))} (nothing uploaded)", soft_wrap=True)
+    else:
+        out.print(f"[bold green]published {len(result.files)} files to {result.repo}[/]: {escape(result.url or '')}",
+                  soft_wrap=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    from rich.markup import escape
+
     from .ui import console
 
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -187,10 +375,26 @@ def main(argv: list[str] | None = None) -> int:
             return _convert(args, out)
         if args.command == "validate":
             return _validate(args, out)
+        if args.command == "report":
+            return _report(args, out)
+        if args.command == "clients":
+            return _clients(args, out)
+        if args.command == "fetch":
+            return _fetch(args, out)
+        if args.command == "models":
+            return _models(out)
+        if args.command == "publish":
+            return _publish(args, out)
         return _recipes(out)
     except ModelportError as e:
-        out.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        out.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         return e.exit_code
+    except ModuleNotFoundError as e:
+        # Each image installs only its toolchain: say which package this command needs there.
+        out.print(f"[bold red]error:[/] `modelport {args.command}` needs the Python package {e.name!r}, which is "
+                  "not installed in this environment (pip install it, or run the command in an image that has it)",
+                  soft_wrap=True)
+        return 2
     except KeyboardInterrupt:
         out.print("[red]interrupted[/]")
         return 130

@@ -65,6 +65,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             inputs=("input_ids", "attention_mask", "token_type_ids"),
             default_pooling="mean",
             quirks=(TORCH_EXPORT_ONLY, PADDING_ROWS_UNDEFINED),
+            targets=("onnx", "coreml", "mlx", "mlc"),
         ),
         Architecture(
             model_type="xlm-roberta",

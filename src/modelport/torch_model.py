@@ -47,7 +47,6 @@ def load_tokenizer(source: "ModelSource"):
 
 def make_encoder(hf_model: "torch.nn.Module", recipe: "Recipe") -> "torch.nn.Module":
     import torch
-    import torch.nn.functional as F
 
     class SentenceEncoder(torch.nn.Module):
         """(input_ids, attention_mask[, token_type_ids]) -> (last_hidden_state, sentence_embedding)."""
@@ -64,14 +63,53 @@ def make_encoder(hf_model: "torch.nn.Module", recipe: "Recipe") -> "torch.nn.Mod
             if token_type_ids is not None:
                 kwargs["token_type_ids"] = token_type_ids
             hidden = self.model(**kwargs).last_hidden_state
-            mask = attention_mask
-            if recipe.pooling == "cls":
-                pooled = hidden[:, 0]
-            else:
-                m = mask.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            if recipe.normalize:
-                pooled = F.normalize(pooled, p=2.0, dim=-1)
-            return hidden, pooled
+            return hidden, pool(hidden, attention_mask, recipe)
 
     return SentenceEncoder().eval()
+
+
+def pool(hidden: "torch.Tensor", attention_mask: "torch.Tensor", recipe: "Recipe") -> "torch.Tensor":
+    """The recipe's pooling (CLS or masked mean) and optional L2 normalization: one definition for
+    every wrapper, so all targets export the function the reference computes."""
+    import torch.nn.functional as F
+
+    if recipe.pooling == "cls":
+        pooled = hidden[:, 0]
+    else:
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    if recipe.normalize:
+        pooled = F.normalize(pooled, p=2.0, dim=-1)
+    return pooled
+
+
+# Additive mask value for padded keys: exp(-1e4) underflows to exactly 0 in float32 and float16,
+# so padding gets exactly zero attention, and unlike finfo(float32).min it stays finite in fp16.
+ADDITIVE_MASK_VALUE = -1.0e4
+
+
+def make_additive_mask_encoder(hf_model: "torch.nn.Module", recipe: "Recipe") -> "torch.nn.Module":
+    """The same function as `make_encoder`, with the 4-D additive attention mask built here.
+
+    transformers 5 builds the mask with ops some converters cannot translate (coremltools 9:
+    `new_ones`, `diff`); a ready 4-D mask is passed through untouched, so the traced graph holds
+    only a cast, a subtraction and a multiplication. The pooling still reads the 2-D mask.
+    """
+    import torch
+
+    class AdditiveMaskEncoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = hf_model
+
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            keep = attention_mask[:, None, None, :].to(torch.float32)
+            kwargs = {"input_ids": input_ids, "attention_mask": (1.0 - keep) * ADDITIVE_MASK_VALUE}
+            if token_type_ids is not None:
+                kwargs["token_type_ids"] = token_type_ids
+            hidden = self.model(**kwargs).last_hidden_state
+            return hidden, pool(hidden, attention_mask, recipe)
+
+    return AdditiveMaskEncoder().eval()

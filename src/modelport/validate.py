@@ -126,11 +126,18 @@ def validate(root: Path, variants: list[str] | None = None, progress: Callable[[
 
 
 def record(root: Path, report: Report) -> None:
-    """Store the report in the manifest (the manifest is not itself hashed)."""
+    """Store the report in the manifest (the manifest is not itself hashed).
+
+    Real-client results (validation.clients, from `modelport clients`) are kept: re-validating does
+    not re-run them, and each records the sha256 of the file it ran, so a later change shows as stale.
+    """
     import os
 
     man = manifest_mod.load(root)
+    clients = man.get("validation", {}).get("clients")
     man["validation"] = report.to_json()
+    if clients:
+        man["validation"]["clients"] = clients
     if os.environ.get("MODELPORT_IMAGE"):
         man.setdefault("images", {})["validate"] = os.environ["MODELPORT_IMAGE"]
     manifest_mod.save(root, man)

@@ -1,0 +1,140 @@
+"""Run the JavaScript clients (js/*.mjs) on an artifact and decode what they return.
+
+Python only prepares a request (texts per golden case, pooling, which (device, dtype) runs) and reads
+the answer; all client work happens in transformers.js, in Node or in headless Chromium, so what is
+measured is what a user of those runtimes gets. The JS side is pinned by js/package-lock.json and
+installed by scripts/setup-clients.sh.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import ModelportError
+from ..reference import Golden
+
+JS_DIR = Path(__file__).parent / "js"
+SETUP_HINT = "run scripts/setup-clients.sh"
+
+
+def chromium_path() -> Path:
+    """The system Chromium (Debian package); MODELPORT_CHROMIUM overrides it."""
+    return Path(os.environ.get("MODELPORT_CHROMIUM", "/usr/bin/chromium"))
+
+
+@dataclass(frozen=True)
+class Client:
+    """A transformers.js runtime: which harness program runs it, on which transformers.js device."""
+
+    name: str
+    program: str  # in js/
+    device: str  # transformers.js `device`
+    packages: tuple[str, ...]  # npm packages the program needs
+    needs_chromium: bool
+
+
+CLIENTS: dict[str, Client] = {
+    c.name: c
+    for c in (
+        Client("node", "node_embed.mjs", "cpu", ("@huggingface/transformers",), False),
+        Client("chromium-webgpu", "browser_embed.mjs", "webgpu", ("@huggingface/transformers", "puppeteer-core"), True),
+        Client("chromium-wasm", "browser_embed.mjs", "wasm", ("@huggingface/transformers", "puppeteer-core"), True),
+    )
+}
+
+
+def missing_prerequisites(names: list[str]) -> list[str]:
+    """What is not installed for these clients, as readable strings (empty: ready to run)."""
+    missing = []
+    if shutil.which("node") is None:
+        missing.append("node is not on PATH")
+    for pkg in sorted({p for n in names for p in CLIENTS[n].packages}):
+        if not (JS_DIR / "node_modules" / pkg / "package.json").is_file():
+            missing.append(f"npm package {pkg} is not installed in {JS_DIR}")
+    if any(CLIENTS[n].needs_chromium for n in names) and not os.access(chromium_path(), os.X_OK):
+        missing.append(f"Chromium not found at {chromium_path()}")
+    return missing
+
+
+@dataclass
+class CaseOutput:
+    """What a client fed the model and got back for one golden case (a text or a padded batch)."""
+
+    name: str
+    input_ids: np.ndarray  # [batch, seq] int64, as the client's tokenizer produced them
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray | None
+    hidden: np.ndarray  # [batch, seq, hidden] last_hidden_state
+    pooled: np.ndarray  # [batch, hidden] the pipeline's result (pooling + normalize)
+    seconds: float
+
+
+def _floats(packed: dict[str, Any]) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(packed["b64"]), dtype="<f4").reshape(packed["dims"])
+
+
+def decode_cases(run: dict[str, Any]) -> dict[str, CaseOutput]:
+    """A run's cases as arrays, keyed by golden case name."""
+    out = {}
+    for c in run.get("cases", []):
+        tt = c.get("token_type_ids")
+        out[c["name"]] = CaseOutput(
+            name=c["name"],
+            input_ids=np.asarray(c["input_ids"], dtype=np.int64),
+            attention_mask=np.asarray(c["attention_mask"], dtype=np.int64),
+            token_type_ids=np.asarray(tt, dtype=np.int64) if tt is not None else None,
+            hidden=_floats(c["hidden"]),
+            pooled=_floats(c["pooled"]),
+            seconds=float(c.get("seconds", 0.0)),
+        )
+    return out
+
+
+def build_request(root: Path, golden: Golden, case_names: list[str], runs: list[dict[str, str]]) -> dict[str, Any]:
+    texts = golden.meta["texts"]
+    cases = [{"name": c["name"], "texts": [texts[i] for i in c["text_ids"]]}
+             for c in golden.cases if c["name"] in case_names]
+    return {"model_dir": str(Path(root).resolve()), "pooling": golden.meta["pooling"],
+            "normalize": bool(golden.meta["normalize"]), "cases": cases, "runs": runs,
+            "chromium": str(chromium_path()), "run_timeout_s": 900}
+
+
+def run_program(program: str, request: dict[str, Any], timeout: float,
+                progress: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """Run one harness program; its stderr lines are progress, its result is a JSON file."""
+    node = shutil.which("node")
+    if node is None:
+        raise ModelportError(f"node is not on PATH; {SETUP_HINT}")
+    with tempfile.TemporaryDirectory(prefix="modelport-clients-") as td:
+        req_path = Path(td) / "request.json"
+        out_path = Path(td) / "result.json"
+        req_path.write_text(json.dumps({**request, "out": str(out_path)}), encoding="utf-8")
+        proc = subprocess.Popen([node, str(JS_DIR / program), str(req_path)], cwd=JS_DIR,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        tail: list[str] = []
+        try:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                tail = (tail + [line.rstrip()])[-40:]
+                if progress:
+                    progress(line.rstrip())
+            rc = proc.wait()
+        finally:
+            timer.cancel()
+        if rc != 0 or not out_path.is_file():
+            why = f"killed after {timeout:.0f}s" if rc == -9 else f"exit code {rc}"
+            raise ModelportError(f"{program} failed ({why}): " + " | ".join(tail[-12:]))
+        return json.loads(out_path.read_text(encoding="utf-8"))

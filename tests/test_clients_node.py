@@ -1,0 +1,112 @@
+"""Real client, Node (issue #6): every MiniLM ONNX variant through transformers.js's pipeline on CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from modelport import manifest
+from modelport.cli import main
+from modelport.clients import check, problem_lines, record
+from modelport.clients.compare import FP32_VS_ORT
+from modelport.targets import onnx as onnx_target
+from modelport.thresholds import THRESHOLDS
+from modelport.validate import record as record_validation
+from modelport.validate import validate
+
+LONG_TEXT = 46  # validation_set: _LONG * 12, longer than MiniLM's 256 tokens
+
+
+def test_every_variant_runs_and_meets_the_threshold_table(node_clients: dict) -> None:
+    node = node_clients["node"]
+    assert set(node["variants"]) == set(onnx_target.VARIANTS)
+    assert node["versions"]["transformers.js"] == "4.3.1"
+    for name, v in node["variants"].items():
+        assert v["verdict"] == "pass", (name, v["failures"])
+        t, m = THRESHOLDS[v["precision"]], v["metrics"]
+        assert v["cases"] == 50
+        if t.max_abs is not None:
+            assert m["tokens_max_abs"] <= t.max_abs and m["pooled_max_abs"] <= t.max_abs, name
+        if t.cos_min is not None:
+            assert m["cos_min"] >= t.cos_min and m["cos_mean"] >= t.cos_mean and m["top5_mean"] >= t.top5_mean, name
+
+
+def test_fp32_matches_python_onnxruntime(node_clients: dict) -> None:
+    ort = node_clients["node"]["variants"]["fp32"]["vs_python_ort"]
+    assert ort["pooled_max_abs"] <= FP32_VS_ORT == 1e-6
+    assert ort["tokens_max_abs"] <= 1e-5
+
+
+def test_tokenizer_parity_reports_the_truncated_input(node_clients: dict) -> None:
+    """transformers.js 4.3.1 truncates after adding special tokens: the >256-token text loses [SEP] (102)."""
+    tok = node_clients["node"]["tokenizer"]
+    assert tok["status"] == "mismatch" and tok["inputs"] == 47 and tok["identical"] == 46
+    (m,) = tok["mismatches"]
+    assert m["text"] == LONG_TEXT and m["golden_len"] == m["client_len"] == 256
+    assert m["golden_tail"][-1] == 102 and m["client_tail"][-1] != 102
+    assert "without the final special token" in m["explanation"]
+    assert set(m["cases"]) == {"text46", "batch-with-empty-and-max"}
+    assert node_clients["node"]["status"] == "fail"  # a tokenizer mismatch is a client failure
+    notes = node_clients["node"]["variants"]["fp32"]["notes"]
+    assert "text 46 left out of the comparison in text46, batch-with-empty-and-max" in " ".join(notes)
+
+
+def _replace(path: Path, data: bytes) -> None:
+    path.unlink()  # the copy is hard-linked to the session artifact: never write in place
+    path.write_bytes(data)
+
+
+def test_client_check_has_teeth(minilm_linked: Path) -> None:
+    """A 0.1 % LayerNorm change fails fp32 in the client; a tokenizer without lowercasing is caught per input."""
+    model = onnx.load(str(minilm_linked / "onnx/model.onnx"))
+    ln = next(n for n in model.graph.node if n.op_type == "LayerNormalization")
+    init = next(i for i in model.graph.initializer if i.name == ln.input[1])
+    init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init) * np.float32(1.001), init.name))
+    _replace(minilm_linked / "onnx/model.onnx", model.SerializeToString())
+    tok = json.loads((minilm_linked / "tokenizer.json").read_text())
+    tok["normalizer"]["lowercase"] = False
+    _replace(minilm_linked / "tokenizer.json", json.dumps(tok).encode())
+
+    node = check(minilm_linked, {"node": ["fp32"]})["node"]
+    fp32 = node["variants"]["fp32"]
+    assert fp32["verdict"] == "fail" and any("max abs" in f for f in fp32["failures"])
+    mismatched = {m["text"] for m in node["tokenizer"]["mismatches"]}
+    assert {43, LONG_TEXT} <= mismatched  # 43: "UPPER CASE and MiXeD cAsE text."
+    assert 32 not in mismatched  # the empty string tokenizes the same either way
+
+
+def test_problem_lines_name_the_input_and_the_cause(node_clients: dict) -> None:
+    (line,) = problem_lines(node_clients)
+    assert line.startswith("node: token ids differ for text 46") and "final special token" in line
+
+
+def test_cli_records_clients_and_report(minilm_linked: Path, node_clients: dict,
+                                       capsys: pytest.CaptureFixture) -> None:
+    """`modelport clients --quick`: 4 cases without the over-long text, so it passes and exits 0."""
+    assert main(["clients", str(minilm_linked), "--variants", "fp32", "--quick"]) == 0
+    assert f"wrote {minilm_linked / 'report.html'}" in capsys.readouterr().err
+    man = manifest.load(minilm_linked)
+    node = man["validation"]["clients"]["node"]
+    assert node["status"] == "pass" and node["variants"]["fp32"]["verdict"] == "pass"
+    assert node["variants"]["fp32"]["cases"] == 4
+    assert node["variants"]["fp32"]["sha256"] == man["files"]["onnx/model.onnx"]["sha256"]
+    assert "node (cpu)" in (minilm_linked / "report.html").read_text()
+    # Re-validating in Python keeps the client results; a later client run merges per variant.
+    record_validation(minilm_linked, validate(minilm_linked, ["fp32"]))
+    assert "node" in manifest.load(minilm_linked)["validation"]["clients"]
+    # Merging: a later quick run (no over-long input) must not clear a full run's tokenizer mismatch.
+    record(minilm_linked, node_clients)
+    record(minilm_linked, {"node": node})
+    merged = manifest.load(minilm_linked)["validation"]["clients"]["node"]
+    assert merged["status"] == "fail" and [m["text"] for m in merged["tokenizer"]["mismatches"]] == [46]
+    assert merged["variants"]["fp32"]["cases"] == 4 and set(merged["variants"]) == set(onnx_target.VARIANTS)
+
+
+def test_clients_refuse_a_tampered_artifact(minilm_linked: Path, capsys: pytest.CaptureFixture) -> None:
+    _replace(minilm_linked / "tokenizer_config.json", b"{}")
+    assert main(["clients", str(minilm_linked)]) == 1
+    assert "modified: tokenizer_config.json" in capsys.readouterr().err
