@@ -83,7 +83,7 @@ $(STAMPS)/image-%: images/%/Dockerfile images/%/requirements.lock $(WHEEL) $(STA
 
 $(addprefix image-,$(IMAGES)): image-%: $(STAMPS)/image-%
 image-mlc:
-	@echo "error: the mlc toolchain image does not exist yet (MLC/WebLLM target not implemented)" >&2; exit 2
+	@echo "error: the mlc toolchain image (TVM + emscripten + Chromium) does not exist yet: the mlc target runs natively (scripts/setup-mlc.sh)" >&2; exit 2
 
 image-digests: ## print the content-derived ID of every built image
 	@for i in $(IMAGES); do \
@@ -96,8 +96,9 @@ webgpu: onnx ## MODEL -> ONNX for transformers.js/WebGPU, validated in the valid
 onnx: $(STAMPS)/$(MODEL_NAME)-onnx.validated
 coreml: $(STAMPS)/$(MODEL_NAME)-coreml.validated ## MODEL -> Core ML .mlpackage, validated
 mlx: $(STAMPS)/$(MODEL_NAME)-mlx.validated ## MODEL -> MLX safetensors, validated
-mlc: ## MODEL -> MLC/WebLLM package (not implemented yet: fails with a message)
-	@echo "error: the mlc target is not implemented yet in modelport $(VERSION)" >&2; exit 2
+mlc: ## MODEL -> MLC/WebLLM package (natively for now: the mlc image is not built yet)
+	@echo "error: the mlc toolchain image (TVM + emscripten + Chromium) does not exist yet; convert natively:" >&2
+	@echo "  scripts/setup-native.sh && scripts/setup-mlc.sh && .venv/bin/modelport convert $(MODEL) --target mlc" >&2; exit 2
 
 # Convert in the toolchain image (no validation there), then validate in the validator image.
 # The stamp is written only when validation passes, so a failed run is redone next time.
@@ -121,7 +122,7 @@ all: webgpu coreml mlx ## every implemented target for MODEL
 setup: ## create .venv with the native toolchains (torch CPU, ONNX, Core ML, MLX, TVM) + browser clients
 	./scripts/setup-native.sh
 	./scripts/setup-clients.sh
-	@if [ -x scripts/setup-mlc.sh ]; then ./scripts/setup-mlc.sh; fi
+	./scripts/setup-mlc.sh
 
 test-native: setup ## fast tier: unit + conversion tests, no Docker
 	.venv/bin/python -m pytest -q

@@ -59,9 +59,10 @@ def test_make_help_lists_the_targets() -> None:
         assert re.search(rf"^\s+{target}\s", out, re.M), target
 
 
-def test_unimplemented_toolchain_fails_clearly() -> None:
+def test_toolchain_without_an_image_fails_clearly() -> None:
     p = make("mlc")
-    assert p.returncode != 0 and "not implemented yet" in p.stderr
+    assert p.returncode != 0 and "image" in p.stderr and "does not exist yet" in p.stderr
+    assert "--target mlc" in p.stderr  # and says how to run it natively
 
 
 def test_normalized_layers_do_not_depend_on_mtimes(tmp_path: Path, monkeypatch) -> None:

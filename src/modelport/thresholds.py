@@ -47,6 +47,17 @@ THRESHOLDS: dict[str, Threshold] = {
     # ONNX q4, so the same gate).
     "w8": Threshold(cos_min=0.999, cos_mean=0.9995, top5_mean=0.95),
     "w4": Threshold(cos_min=0.88, cos_mean=0.955, top5_mean=0.75),
+    # Core ML w8 (int8, symmetric, one fp16 scale per block of 32 weights, Linear + embedding tables,
+    # fp16 compute) measures 0.99956 min / 0.99985 mean / top-5 1.00 on MiniLM, so it shares the w8
+    # gate; one scale per output channel (the iOS16 format) measured 0.9963 min and is not used.
+    # Core ML palettization (k-means look-up table per tensor, the iOS16 format, Linear + embedding
+    # tables, fp16 compute), measured on MiniLM with the fixed [1, 128] shape:
+    #   pal6: 0.990 min / 0.9963 mean / top-5 0.97;  pal4: 0.895 min / 0.946 mean / top-5 0.93.
+    # 4-bit palettes lose more than ONNX q4 (0.910 / 0.967): one 16-entry table per tensor cannot
+    # follow per-channel ranges. Grouped tables (iOS18, 16-32 channels each) did better on three
+    # sample texts (0.907-0.958 against 0.857-0.946) but took 3-5x longer to build: future work.
+    "pal6": Threshold(cos_min=0.98, cos_mean=0.993, top5_mean=0.90),
+    "pal4": Threshold(cos_min=0.87, cos_mean=0.93, top5_mean=0.80),
 }
 
 # A runtime running a quantized format must match PyTorch running the same dequantized weights to

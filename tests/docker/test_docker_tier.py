@@ -80,7 +80,7 @@ def test_make_webgpu_produces_a_validated_artifact(images: dict[str, str]) -> No
     assert verify_files(art, man) == []
 
 
-@pytest.mark.parametrize("target", ["mlx"])
+@pytest.mark.parametrize("target", ["mlx", "coreml"])
 def test_make_other_targets_on_a_tiny_model(images: dict[str, str], target: str) -> None:
     """Each toolchain image converts (as the invoking user, no network); the validator validates.
 
