@@ -62,7 +62,7 @@ VARIANTS: dict[str, Variant] = {
     for v in (
         Variant("fp32", "fp32/model.mlpackage", "fp32", "float32 compute"),
         Variant("fp16", "fp16/model.mlpackage", "fp16", "float16 compute"),
-        Variant("w8", "w8/model.mlpackage", "w8", "fp16 compute, int8 weights, symmetric, one scale per 32"),
+        Variant("w8", "w8/model.mlpackage", "w8", "fp16 compute, int8 weights, symmetric, one scale per 32 weights"),
         Variant("pal6", "pal6/model.mlpackage", "pal6", "fp16 compute, 6-bit palettized weights (k-means LUT)"),
         Variant("pal4", "pal4/model.mlpackage", "pal4", "fp16 compute, 4-bit palettized weights (k-means LUT)"),
     )
@@ -99,6 +99,9 @@ VARIANT_FEATURES = {
     "pal4": ("ml-program", "palettized-weights"),
 }
 PACKAGE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "mlpackage.modelport")
+# coremltools stamps the day of conversion into the model's metadata: dropped, so a conversion
+# made tomorrow is byte-identical (the manifest records when the artifact was made).
+CONVERSION_DATE_KEY = "com.github.apple.coremltools.conversion_date"
 
 Step = Callable[[str], Any]
 
@@ -120,8 +123,8 @@ class ShapePlan:
 
     @property
     def example_length(self) -> int:
-        """Sequence length of the traced example: 128 where allowed (never 1: torch.export
-        specializes dimensions of size 0 and 1)."""
+        """Sequence length of the traced example: 128 where allowed; for flexible shapes never 1
+        (torch.export specializes dimensions of size 0 and 1)."""
         if self.mode == "enumerated" and DEFAULT_FIXED_LENGTH not in self.lengths:
             return self.max_length
         return min(max(DEFAULT_FIXED_LENGTH, self.lengths[0]), self.max_length)
@@ -308,9 +311,11 @@ def _front_matter(text: str) -> dict[str, Any]:
 
 def _first_paragraph(markdown: str, limit: int = 400) -> str | None:
     """First paragraph of prose: no heading, code, table, HTML or image; links reduced to their text."""
+    markdown = re.sub(r"```.*?```", "", markdown, flags=re.S)  # fenced code, blank lines included
+    markdown = re.sub(r"(?m)^#.*$", "", markdown)  # headings (often directly above the first paragraph)
     for block in re.split(r"\n\s*\n", markdown):
         block = block.strip()
-        if not block or block[0] in "#<`|!>" or block.startswith(("---", "```", "[![")):
+        if not block or block[0] in "<`|!>" or block.startswith(("---", "[![")):
             continue
         block = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", block)
         block = re.sub(r"[*_`]", "", " ".join(block.split()))
@@ -360,9 +365,9 @@ def _pad_token_id(config: dict[str, Any]) -> int:
 
 
 def normalize_package(package: Path) -> None:
-    """Make the package a function of its content: model.mlmodel serialized deterministically
-    (protobuf map order is otherwise arbitrary), Manifest.json ids derived from each item's
-    content with uuid5 (coremltools draws random ones), and fixed file modes."""
+    """Make the package a function of its content: model.mlmodel without the conversion date and
+    serialized deterministically (protobuf map order is otherwise arbitrary), Manifest.json ids
+    derived from each item's content with uuid5 (coremltools draws random ones), fixed file modes."""
     manifest_path = package / "Manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     entries = manifest["itemInfoEntries"]
@@ -372,6 +377,7 @@ def normalize_package(package: Path) -> None:
         if item.is_file() and item.suffix == ".mlmodel":
             spec = milinterp.Model_pb2.Model()
             spec.ParseFromString(item.read_bytes())
+            spec.description.metadata.userDefined.pop(CONVERSION_DATE_KEY, None)
             item.write_bytes(spec.SerializeToString(deterministic=True))
         ids[old_id] = str(uuid.uuid5(PACKAGE_NAMESPACE, f"{entry['path']}:{_digest(item)}"))
     manifest["itemInfoEntries"] = {ids[k]: v for k, v in sorted(entries.items(), key=lambda kv: ids[kv[0]])}
