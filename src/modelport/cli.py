@@ -244,11 +244,24 @@ def _clients(args: argparse.Namespace, out) -> int:
     return 0
 
 
+def _known_models_table():
+    """The models modelport can build or load without a hub (`recipes` and `models` both list them)."""
+    from rich.table import Table
+
+    from .source import MODELS
+
+    table = Table(title="known models (no hub needed)")
+    table.add_column("name")
+    table.add_column("what")
+    for k in MODELS.values():
+        table.add_row(k.name, k.description)
+    return table
+
+
 def _recipes(out) -> int:
     from rich.table import Table
 
     from .recipes import ARCHITECTURES
-    from .source import MODELS
     from .thresholds import THRESHOLDS
 
     t = Table(title="architectures")
@@ -258,12 +271,7 @@ def _recipes(out) -> int:
         t.add_row(a.model_type, a.family, ", ".join(a.inputs), a.default_pooling, ", ".join(a.targets),
                   ", ".join(q.name for q in a.quirks))
     out.print(t)
-    m = Table(title="known models (no hub needed)")
-    m.add_column("name")
-    m.add_column("what")
-    for k in MODELS.values():
-        m.add_row(k.name, k.description)
-    out.print(m)
+    out.print(_known_models_table())
     th = Table(title="validation thresholds")
     for col in ("precision", "max abs", "cos min", "cos mean", "top-5 mean", "batches gated"):
         th.add_column(col)
@@ -325,14 +333,8 @@ def _models(out) -> int:
     from rich.table import Table
 
     from . import hub
-    from .source import MODELS
 
-    known = Table(title="known models (no hub needed)")
-    known.add_column("name")
-    known.add_column("what")
-    for k in MODELS.values():
-        known.add_row(k.name, k.description)
-    out.print(known)
+    out.print(_known_models_table())
     cached = Table(title=f"Hugging Face cache: {escape(str(hub.cache_dir()))}"
                    + (" (HF_HUB_OFFLINE=1)" if hub.offline() else ""))
     for col in ("hub id", "commits (refs)", "size", "last used"):
