@@ -18,9 +18,10 @@ SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1700000
 export SOURCE_DATE_EPOCH DOCKER
 
 TOOLCHAINS := onnx coreml mlx mlc
-IMAGES := onnx validator coreml mlx
+IMAGES := onnx validator coreml mlx mlc
 STAMPS := build/stamps
 WHEEL := build/dist/modelport-$(VERSION)-py3-none-any.whl
+NPM_LOCKS := src/modelport/clients/js/package-lock.json src/modelport/targets/mlc_js/package-lock.json images/node/package-lock.json
 SRC := $(shell find src -name '*.py' -o -name '*.md' 2>/dev/null) pyproject.toml README.md
 UID_GID := $(shell id -u):$(shell id -g)
 
@@ -38,8 +39,14 @@ else
   MODEL_DEPS :=
 endif
 ART := artifacts/$(MODEL_NAME)
+# MLC_RUNTIME_CACHE: a host folder for TVM's web runtime objects (keyed by content hash, so a
+# native build and the mlc image share them); default: the modelport-cache volume.
+MLC_RUNTIME_CACHE ?=
 RUN_ARGS = --rm --network none --user $(UID_GID) $(MODEL_MOUNT) \
-  -v $(CURDIR)/artifacts:/artifacts -v modelport-cache:/cache
+  -v $(CURDIR)/artifacts:/artifacts -v modelport-cache:/cache \
+  $(if $(MLC_RUNTIME_CACHE),-v $(abspath $(MLC_RUNTIME_CACHE)):/cache/modelport/mlc-runtime)
+# Chromium (validator) needs more shared memory than Docker's 64 MB default.
+VALIDATOR_ARGS = --shm-size 1g
 comma := ,
 SECRET_ARG := $(if $(CACERT),--secret id=cacert$(comma)src=$(CACERT),)
 VARIANTS_ARG := $(if $(VARIANTS),--variants $(VARIANTS),)
@@ -50,7 +57,7 @@ help: ## list targets
 	@grep -hE '^[a-z][a-zA-Z0-9_-]*:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 # ---------------------------------------------------------------- inputs of the image builds
-.PHONY: base wheelhouse lock dist
+.PHONY: base wheelhouse debhouse npmhouse lock lock-apt dist
 base: ## build the air-gapped base image modelport/base:bookworm (debootstrap)
 	scripts/base-image.sh modelport/base:bookworm
 
@@ -62,6 +69,19 @@ $(STAMPS)/wheelhouse: $(wildcard images/*/requirements.lock)
 	scripts/wheelhouse.sh
 	@mkdir -p $(@D) && touch $@
 
+lock-apt: ## re-resolve images/*/apt.in into sha256-pinned apt.lock (Docker + the Debian mirror)
+	DOCKER=$(DOCKER) BASE=$(BASE) $(PYTHON) scripts/lock_apt.py
+
+debhouse: $(STAMPS)/debhouse ## download every locked Debian package into debhouse/ (hashes checked)
+$(STAMPS)/debhouse: $(wildcard images/*/apt.lock)
+	$(PYTHON) scripts/debhouse.py
+	@mkdir -p $(@D) && touch $@
+
+npmhouse: $(STAMPS)/npmhouse ## download every locked npm tarball into npmhouse/ (integrity checked)
+$(STAMPS)/npmhouse: $(NPM_LOCKS)
+	$(PYTHON) scripts/npmhouse.py
+	@mkdir -p $(@D) && touch $@
+
 dist: $(WHEEL) ## build the modelport wheel the images install
 $(WHEEL): $(SRC)
 	@rm -rf build/dist && mkdir -p build/dist
@@ -69,11 +89,13 @@ $(WHEEL): $(SRC)
 	@rm -rf build/lib build/bdist* src/*.egg-info
 
 # ---------------------------------------------------------------- images
-.PHONY: images $(addprefix image-,$(IMAGES)) image-mlc image-digests
-images: image-onnx image-validator image-coreml image-mlx ## build every toolchain image + the validator
+.PHONY: images $(addprefix image-,$(IMAGES)) image-digests
+images: $(addprefix image-,$(IMAGES)) ## build every toolchain image + the validator
 
 # Each image: hermetic build (no network), then normalized so its ID depends only on content.
-$(STAMPS)/image-%: images/%/Dockerfile images/%/requirements.lock $(WHEEL) $(STAMPS)/wheelhouse
+.SECONDEXPANSION:
+$(STAMPS)/image-%: images/%/Dockerfile images/%/requirements.lock $$(wildcard images/$$*/apt.*) images/apt-install.sh \
+    $(WHEEL) $(STAMPS)/wheelhouse $(STAMPS)/debhouse $(STAMPS)/npmhouse
 	@mkdir -p $(@D)
 	DOCKER_BUILDKIT=1 $(DOCKER) build --network none $(SECRET_ARG) --build-arg BASE=$(BASE) \
 	  --build-arg SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) -f images/$*/Dockerfile -t modelport/$*:build .
@@ -82,23 +104,18 @@ $(STAMPS)/image-%: images/%/Dockerfile images/%/requirements.lock $(WHEEL) $(STA
 	mv $@.tmp $@
 
 $(addprefix image-,$(IMAGES)): image-%: $(STAMPS)/image-%
-image-mlc:
-	@echo "error: the mlc toolchain image (TVM + emscripten + Chromium) does not exist yet: the mlc target runs natively (scripts/setup-mlc.sh)" >&2; exit 2
-
 image-digests: ## print the content-derived ID of every built image
 	@for i in $(IMAGES); do \
 	  if [ -f $(STAMPS)/image-$$i ]; then printf '%-10s %s\n' $$i "$$(cut -d' ' -f1 $(STAMPS)/image-$$i)"; \
 	  else printf '%-10s %s\n' $$i "(not built)"; fi; done
 
 # ---------------------------------------------------------------- conversions
-.PHONY: webgpu onnx coreml mlx mlc validate all
+.PHONY: webgpu onnx coreml mlx mlc clients validate all
 webgpu: onnx ## MODEL -> ONNX for transformers.js/WebGPU, validated in the validator image
-onnx: $(STAMPS)/$(MODEL_NAME)-onnx.validated
+onnx: $(STAMPS)/$(MODEL_NAME)-onnx.validated ## same as webgpu (the onnx toolchain image)
 coreml: $(STAMPS)/$(MODEL_NAME)-coreml.validated ## MODEL -> Core ML .mlpackage, validated
 mlx: $(STAMPS)/$(MODEL_NAME)-mlx.validated ## MODEL -> MLX safetensors, validated
-mlc: ## MODEL -> MLC/WebLLM package (natively for now: the mlc image is not built yet)
-	@echo "error: the mlc toolchain image (TVM + emscripten + Chromium) does not exist yet; convert natively:" >&2
-	@echo "  scripts/setup-native.sh && scripts/setup-mlc.sh && .venv/bin/modelport convert $(MODEL) --target mlc" >&2; exit 2
+mlc: $(STAMPS)/$(MODEL_NAME)-mlc.validated ## MODEL -> MLC/WebLLM package (WebGPU + wasm32), validated in Node and Chromium
 
 # Convert in the toolchain image (no validation there), then validate in the validator image.
 # The stamp is written only when validation passes, so a failed run is redone next time.
@@ -107,15 +124,23 @@ $(STAMPS)/$(MODEL_NAME)-%.validated: $(STAMPS)/image-% $(STAMPS)/image-validator
 	$(DOCKER) run $(RUN_ARGS) -e MODELPORT_IMAGE="modelport/$*:$(VERSION)@$$(cut -d' ' -f1 $(STAMPS)/image-$*)" \
 	  modelport/$*:$(VERSION) convert $(MODEL_ARG) --target $* $(VARIANTS_ARG) \
 	  --out /artifacts/$(MODEL_NAME)/$* --force --skip-validation
-	$(DOCKER) run $(RUN_ARGS) -e MODELPORT_IMAGE="modelport/validator:$(VERSION)@$$(cut -d' ' -f1 $(STAMPS)/image-validator)" \
+	$(DOCKER) run $(RUN_ARGS) $(VALIDATOR_ARGS) -e MODELPORT_IMAGE="modelport/validator:$(VERSION)@$$(cut -d' ' -f1 $(STAMPS)/image-validator)" \
 	  modelport/validator:$(VERSION) validate /artifacts/$(MODEL_NAME)/$*
 	@touch $@
 
+# The real clients on MODEL's ONNX artifact (transformers.js in Node and headless Chromium), in the
+# validator image; results go into the artifact's manifest and report.html. VARIANTS narrows it.
+CLIENTS ?= node,chromium-wasm,chromium-webgpu
+clients: ## run MODEL's ONNX artifact in transformers.js (Node, Chromium wasm/WebGPU) in the validator image
+	@test -d $(ART)/onnx || { echo "error: no ONNX artifact in $(ART)/onnx: run 'make webgpu MODEL=$(MODEL)' first" >&2; exit 2; }
+	$(DOCKER) run $(RUN_ARGS) $(VALIDATOR_ARGS) modelport/validator:$(VERSION) clients /artifacts/$(MODEL_NAME)/onnx \
+	  --clients $(CLIENTS) $(VARIANTS_ARG)
+
 validate: ## re-validate every artifact of MODEL in the validator image
 	@test -d $(ART) || { echo "error: no artifacts for $(MODEL_NAME) in $(ART)" >&2; exit 2; }
-	@for d in $(ART)/*/; do $(DOCKER) run $(RUN_ARGS) modelport/validator:$(VERSION) validate /artifacts/$(MODEL_NAME)/$$(basename $$d) || exit 1; done
+	@for d in $(ART)/*/; do $(DOCKER) run $(RUN_ARGS) $(VALIDATOR_ARGS) modelport/validator:$(VERSION) validate /artifacts/$(MODEL_NAME)/$$(basename $$d) || exit 1; done
 
-all: webgpu coreml mlx ## every implemented target for MODEL
+all: webgpu coreml mlx mlc ## every target for MODEL
 
 # ---------------------------------------------------------------- tests and housekeeping
 .PHONY: setup test test-native test-docker clean clean-images

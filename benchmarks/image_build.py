@@ -2,10 +2,11 @@
 
     python benchmarks/image_build.py [--base modelport/base:bookworm] [IMAGE ...]   (default: validator onnx)
 
-cold  = `docker build --no-cache` from the wheelhouse (hermetic, --network none), inputs ready
+cold  = `docker build --no-cache` from the wheelhouse, debhouse and npmhouse (hermetic, --network
+        none), inputs ready
 warm  = the same build again with BuildKit's cache (nothing changed)
 norm  = scripts/normalize_image.py (content-derived image ID)
-Needs a running engine, `make wheelhouse dist` done, and the base image present.
+Needs a running engine, `make wheelhouse debhouse npmhouse dist` done, and the base image present.
 """
 
 from __future__ import annotations

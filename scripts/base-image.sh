@@ -23,7 +23,7 @@ debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-cert
 }
 R="$WORK/root"
 # Drop what differs between two debootstrap runs of the same packages.
-rm -rf "$R"/var/cache/apt/*.bin "$R"/var/lib/apt/lists/* "$R"/var/log/* "$R"/tmp/* \
+rm -rf "$R"/var/cache/apt/*.bin "$R"/var/cache/apt/archives/*.deb "$R"/var/lib/apt/lists/* "$R"/var/log/* "$R"/tmp/* \
   "$R"/var/cache/ldconfig/aux-cache "$R"/var/lib/dbus/machine-id "$R"/root/.cache
 find "$R" -name '__pycache__' -type d -prune -exec rm -rf {} +
 : >"$R"/etc/machine-id

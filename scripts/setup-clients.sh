@@ -16,6 +16,8 @@ CHROMIUM=${MODELPORT_CHROMIUM:-/usr/bin/chromium}
 MATPLOTLIB=matplotlib==3.11.2
 
 die() { echo "setup-clients: $*" >&2; exit 1; }
+# shellcheck source=lib/apt.sh
+. scripts/lib/apt.sh
 
 # --- Node ----------------------------------------------------------------------------------
 command -v node >/dev/null || die "node is not installed (need Node >= 18 with npm)"
@@ -26,15 +28,7 @@ node_major=$(node -p 'process.versions.node.split(".")[0]')
 # --- Chromium (Debian package) ---------------------------------------------------------------
 if [ ! -x "$CHROMIUM" ]; then
   [ "$CHROMIUM" = /usr/bin/chromium ] || die "MODELPORT_CHROMIUM=$CHROMIUM is not executable"
-  command -v apt-get >/dev/null || die "Chromium is missing and apt-get is not available: install Chromium at $CHROMIUM"
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || die "Chromium is missing: run as root or install sudo"
-    SUDO=sudo
-  fi
-  echo "setup-clients: installing chromium (apt-get)"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  ensure_debs setup-clients chromium
   [ -x "$CHROMIUM" ] || die "apt-get install chromium did not provide $CHROMIUM"
 fi
 

@@ -11,6 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 JS=src/modelport/targets/mlc_js
 die() { echo "setup-mlc: $*" >&2; exit 1; }
+# shellcheck source=lib/apt.sh
+. scripts/lib/apt.sh
 
 # --- Debian packages ---------------------------------------------------------------------------------
 need=()
@@ -18,17 +20,7 @@ command -v emcc >/dev/null || need+=(emscripten)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 [ -x "${MODELPORT_CHROMIUM:-/usr/bin/chromium}" ] || need+=(chromium)
-if [ ${#need[@]} -gt 0 ]; then
-  command -v apt-get >/dev/null || die "missing ${need[*]} and apt-get is not available"
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || die "missing ${need[*]}: run as root or install sudo"
-    SUDO=sudo
-  fi
-  echo "setup-mlc: apt-get install ${need[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+ensure_debs setup-mlc ${need[@]+"${need[@]}"}
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 [ "$node_major" -ge 18 ] || die "Node $(node --version) is too old (need >= 18)"
 

@@ -68,9 +68,14 @@ def minilm_mlc(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def arctic_mlc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny-bert-arctic f32 + f16, the f16 variant validated in Node against the fp16 gate (the
+    Chromium check is run by its own test: SwiftShader cannot run f16, f32 is covered on MiniLM)."""
     out = tmp_path_factory.mktemp("mlc") / "arctic"
-    assert convert("tiny-bert-arctic", "--target", "mlc", "--variants", "f32", "--out", str(out),
-                   "--skip-validation") == 0
+    os.environ["MODELPORT_MLC_BROWSER"] = "off"
+    try:
+        assert convert("tiny-bert-arctic", "--target", "mlc", "--variants", "f32,f16", "--out", str(out)) == 0
+    finally:
+        del os.environ["MODELPORT_MLC_BROWSER"]
     return out
 
 
@@ -194,7 +199,145 @@ def test_runtime_is_cached_by_content_hash(tmp_path: Path, monkeypatch: pytest.M
 
 def test_variants_are_mlc_names(capsys, tmp_path: Path) -> None:
     assert convert("tiny-bert-arctic", "-t", "mlc", "--variants", "q4f16_1", "--out", str(tmp_path / "x")) == 2
-    assert "this target writes: f32" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "q4f16_1" in err and "f32, f16" in err
+
+
+# --- f16 (q0f16) ------------------------------------------------------------------------------------------
+
+def _shard_tensors(pkg: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a package, decoded from params_shard_*.bin with the dtype tensor-cache.json
+    declares (what WebLLM and the Node runner upload)."""
+    cache = read_json(pkg / "tensor-cache.json")
+    out = {}
+    for shard in cache["records"]:
+        data = (pkg / shard["dataPath"]).read_bytes()
+        for r in shard["records"]:
+            raw = data[r["byteOffset"]:r["byteOffset"] + r["nbytes"]]
+            out[r["name"]] = np.frombuffer(raw, dtype=np.dtype(r["dtype"]).newbyteorder("<")).reshape(r["shape"])
+    return out
+
+
+def test_arctic_f16_is_float16_and_meets_the_fp16_gate(arctic_mlc: Path) -> None:
+    from modelport.thresholds import THRESHOLDS
+
+    validation = manifest.load(arctic_mlc)["validation"]
+    assert validation["status"] == "pass", validation
+    f16 = validation["variants"]["f16"]
+    assert f16["precision"] == "fp16" and f16["thresholds"] == THRESHOLDS["fp16"].to_json()
+    m = f16["metrics"]
+    gate = THRESHOLDS["fp16"]
+    assert m["cos_min"] >= gate.cos_min and m["cos_mean"] >= gate.cos_mean and m["top5_mean"] >= gate.top5_mean
+    # ... and it really is float16: not bit-equal to f32 (an f32 package relabelled would be), and
+    # measurably further from PyTorch than f32 (measured on arctic: 4e-4 pooled vs ~1e-7)
+    f32 = validation["variants"]["f32"]["metrics"]
+    assert m["pooled_max_abs"] > 1e-5 > f32["pooled_max_abs"]
+    assert f16["extra"]["prefill_vs_encode_max_abs"] == 0.0
+    assert "not run (MODELPORT_MLC_BROWSER=off)" in f16["extra"]["webllm_chromium"]["status"]
+
+    pkgs = {v: arctic_mlc / v / "resolve" / "main" for v in ("f32", "f16")}
+    w16, w32 = _shard_tensors(pkgs["f16"]), _shard_tensors(pkgs["f32"])
+    assert w16.keys() == w32.keys()
+    assert {a.dtype for a in w16.values()} == {np.dtype("<f2")}
+    for name, a in w16.items():  # the f32 weights rounded to nearest float16, nothing else
+        assert np.array_equal(a, w32[name].astype(np.float16)), name
+    size16 = sum(p.stat().st_size for p in pkgs["f16"].glob("params_shard_*.bin"))
+    size32 = sum(p.stat().st_size for p in pkgs["f32"].glob("params_shard_*.bin"))
+    assert size16 * 2 == size32
+    cfg = read_json(pkgs["f16"] / "mlc-chat-config.json")
+    assert cfg["quantization"] == "q0f16"
+    info = node_json("lib_info.mjs", str(arctic_mlc / "libs" / "tiny-bert-arctic-f16-wasm32-cpu.wasm"))
+    assert info["metadata"]["quantization"] == "q0f16"
+    assert {p["dtype"] for p in info["metadata"]["params"]} == {"float16"}
+
+
+def test_f16_webgpu_kernels_are_float16(arctic_mlc: Path) -> None:
+    """WGSL must declare `enable f16;` wherever it touches f16 (else the shader does not compile)
+    and the matmuls read f16 storage; f32 kernels never enable it."""
+    lib16 = (arctic_mlc / "libs" / "tiny-bert-arctic-f16-webgpu.wasm").read_bytes()
+    lib32 = (arctic_mlc / "libs" / "tiny-bert-arctic-f32-webgpu.wasm").read_bytes()
+    assert lib16.count(b"enable f16;") > 10 and b"array<f16>" in lib16 and b"inff" not in lib16
+    assert b"enable f16;" not in lib32
+
+
+def test_f16_app_config_requires_shader_f16(arctic_mlc: Path) -> None:
+    script = ("const m = await import(process.argv[1]); "
+              "console.log(JSON.stringify(m.appConfig('http://127.0.0.1:8000/pkg/')))")
+    proc = subprocess.run(["node", "--input-type=module", "-e", script,
+                           (arctic_mlc / "webllm-app-config.js").as_uri()], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    entries = {e["model_id"]: e for e in json.loads(proc.stdout)["model_list"]}
+    # WebLLM 0.2.86's ModelRecord.required_features: checked against the device before loading
+    assert entries["tiny-bert-arctic-f16"]["required_features"] == ["shader-f16"]
+    assert "required_features" not in entries["tiny-bert-arctic-f32"]
+    assert entries["tiny-bert-arctic-f16"]["model_lib"].endswith("libs/tiny-bert-arctic-f16-webgpu.wasm")
+    assert "shader-f16" in (arctic_mlc / "README.md").read_text()
+
+
+def test_f16_cpu_library_widening_is_exact(arctic_mlc: Path) -> None:
+    """The wasm32 CPU library casts float16 matmul operands to float32 before the matmul
+    (mlc_build.widen_matmul_operands, for speed). That must be bit-identical to the kernel that
+    converts inside the loop: same products, same order. Built here without the widening."""
+    from modelport import mlc_build
+    from modelport.recipes import recipe_for
+    from modelport.source import resolve
+    from modelport.targets.mlc import NodeRunner
+
+    src = resolve("tiny-bert-arctic")
+    recipe = recipe_for(src.path, src.config)
+    mod, params = mlc_build.import_relax(src, recipe, "float16")
+    mod, _ = mlc_build.add_metadata(mod, params, recipe.max_length, "q0f16")
+    # WebLLM reads prefill's output with web-runtime's toArray(), which throws on float16
+    assert str(mod["prefill"].body.body.ty.dtype) == "float32"
+    widened = mlc_build.widen_matmul_operands(mod)
+    n_casts = lambda m: str(m["encode"].script()).count('R.astype')  # noqa: E731
+    assert n_casts(widened) > n_casts(mod)  # the pass did something
+    import tvm
+    from tvm import relax
+
+    fused = arctic_mlc.parent / "fused-f16-wasm32-cpu.wasm"
+    exe = relax.build(mod, target=tvm.target.Target(mlc_build.WASM32), system_lib=True)
+
+    def fcompile(out: str, objects: list[str], options: object = None, **_: object) -> None:
+        mlc_build.link(list(objects), Path(out), mlc_build.build_runtime())
+
+    fcompile.object_format = "o"  # type: ignore[attr-defined]
+    exe.export_library(str(fused), fcompile=fcompile)
+    pkg = arctic_mlc / "f16" / "resolve" / "main"
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 20000, size=(2, 12))
+    ids[:, 0] = 101
+    mask = np.ones_like(ids)
+    mask[1, 7:] = 0
+    outs = []
+    for lib in (fused, arctic_mlc / "libs" / "tiny-bert-arctic-f16-wasm32-cpu.wasm"):
+        runner = NodeRunner(lib, pkg)
+        outs.append(runner(ids, mask))
+        runner.close()
+    for a, b in zip(*outs):
+        assert np.array_equal(a, b)
+
+
+def test_f16_in_chromium_is_reported_not_run_without_shader_f16(arctic_mlc: Path) -> None:
+    """SwiftShader's adapter has no shader-f16: the check must say so (and that WebLLM refused the
+    variant with its own ShaderF16SupportError), neither pass nor fail. On an adapter with
+    shader-f16 the same call runs WebLLM and gates on the fp16 thresholds instead."""
+    from modelport.targets import mlc_browser
+
+    missing = mlc_browser.missing_prerequisites()
+    if missing:
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail("; ".join(missing))
+        pytest.skip("; ".join(missing))
+    result = mlc_browser.validate_in_chromium(arctic_mlc, "f16", Golden.load(arctic_mlc))
+    check = result["webllm_chromium"]
+    if "shader-f16" in check.get("adapter", {}).get("features", []) or "by_ids" in check:
+        assert result["browser_failures"] == [], check
+        assert check["by_ids"]["cos_min"] >= 0.9999
+        return
+    assert result["browser_failures"] == [], check
+    assert check["status"].startswith("not run") and check["missing_features"] == ["shader-f16"]
+    assert check["webllm_error"].startswith("ShaderF16SupportError")
 
 
 @pytest.mark.slow

@@ -67,7 +67,10 @@ def test_max_length_is_the_smallest_declared_limit(tmp_path: Path) -> None:
 def test_registry_entries_are_complete() -> None:
     for a in ARCHITECTURES.values():
         assert {"input_ids", "attention_mask"} <= set(a.inputs)
-        assert a.default_pooling in ("mean", "cls")
+        if a.is_decoder:  # causal LMs: no pooling; the class the reference and exporters load
+            assert a.default_pooling == "none" and a.causal_lm_class and "position_ids" in a.inputs
+        else:
+            assert a.default_pooling in ("mean", "cls")
         assert all(q.name and q.why for q in a.quirks)
 
 

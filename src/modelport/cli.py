@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--shape", help="coreml: input shape of the packages (batch 1): fixed[:N] (default fixed:128), "
                    "range[:LO-HI] (default 1 to the max length), enumerated[:N,N,...] (default 32,64,...,max length)")
+    c.add_argument("--context", type=int, help="coreml decoders: KV-cache length of the stateful package "
+                   "(default: the target's own; prefill + generated tokens must fit)")
     c.add_argument("--out", "-o", type=Path, help="artifact directory (default: artifacts/<model>/<target>)")
     c.add_argument("--force", action="store_true", help="replace an existing artifact directory")
     c.add_argument("--allow-pickle", action="store_true",
@@ -95,7 +97,10 @@ def _parser() -> argparse.ArgumentParser:
         "feature-extraction pipeline in the chosen clients (node: onnxruntime-node on CPU; chromium-webgpu / "
         "chromium-wasm: headless Chromium, page served from 127.0.0.1, nothing from a CDN). Each run is judged "
         "three ways: token ids vs the golden ids (per input), the threshold table vs the golden outputs, and "
-        "Python onnxruntime on the same token ids (fp32: max abs <= 1e-6). Results go to manifest.json "
+        "Python onnxruntime on the same token ids (fp32: max abs <= 1e-6). Decoder artifacts (causal-lm) run the "
+        "text-generation pipeline instead (greedy, 16 tokens per golden prompt; clients node, chromium-wasm): "
+        "tokenizer ids vs the golden first, then the generated tokens must equal Python onnxruntime's and meet the "
+        "decoder token gate. Results go to manifest.json "
         "validation.clients and report.html. Needs scripts/setup-clients.sh.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -128,8 +133,12 @@ def _print_report(out, report) -> None:
 
     from .ui import report_table
 
+    from rich.console import Console
+
     data = report.to_json() if hasattr(report, "to_json") else report
-    out.print(report_table(data))
+    # in logs (no terminal) rich assumes 80 columns and squeezes the columns into '…': print wider there
+    wide = out if out.is_terminal else Console(stderr=True, highlight=False, width=150)
+    wide.print(report_table(data))
     for note in data.get("notes", []):
         out.print(f"[yellow]note:[/] {escape(note)}")
     for name, r in data["variants"].items():
@@ -147,7 +156,7 @@ def _convert(args: argparse.Namespace, out) -> int:
         model=args.model, target=args.target, variants=args.variants, out=args.out, force=args.force,
         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
         validate=not args.skip_validation, ignore_lint=args.ignore_lint, command=tuple(["modelport"] + sys.argv[1:]),
-        options={"shape": args.shape} if args.shape else {},
+        options={k: v for k, v in (("shape", args.shape), ("context", args.context)) if v is not None},
     )
     with Steps(out) as steps:
         path, report = run(req, steps)
@@ -222,15 +231,24 @@ def _clients(args: argparse.Namespace, out) -> int:
     from . import clients
 
     root = args.artifact
-    _verified_manifest(root)
+    man = _verified_manifest(root)
     names = [c.strip() for c in args.clients.split(",") if c.strip()]
     variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
-    results = clients.check(root, {n: variants for n in names}, quick=names if args.quick else (),
-                            progress=lambda line: out.print(f"[dim]  {escape(line)}[/]"))
+    progress = lambda line: out.print(f"[dim]  {escape(line)}[/]")  # noqa: E731
+    if man.get("recipe", {}).get("family") == "causal-lm":
+        # decoders: transformers.js text-generation, greedy tokens vs Python onnxruntime and the golden
+        from .clients import textgen
+
+        results = textgen.check(root, {n: variants for n in names}, progress=progress)
+        table = textgen.summary_table(results)
+    else:
+        results = clients.check(root, {n: variants for n in names}, quick=names if args.quick else (),
+                                progress=progress)
+        table = clients.summary_table(results)
     clients.record(root, results)
     # In logs (no terminal) rich assumes 80 columns and squeezes 11 columns into '…': print wider there.
     wide = out if out.is_terminal else Console(stderr=True, highlight=False, width=150)
-    wide.print(clients.summary_table(results))
+    wide.print(table)
     for line in clients.problem_lines(results):
         out.print(f"[red]✗[/] {escape(line)}", soft_wrap=True)
     for line in clients.unsupported_lines(results):
@@ -279,6 +297,17 @@ def _recipes(out) -> int:
         th.add_row(name, *(str(v) if v is not None else "-" for v in (x.max_abs, x.cos_min, x.cos_mean, x.top5_mean)),
                    "yes" if x.batch_invariant else "no (per input)")
     out.print(th)
+    from .thresholds import LM_THRESHOLDS
+
+    lt = Table(title="decoder LLM thresholds (5 prompts x 16 greedy steps; max abs of logits)")
+    for col in ("precision", "against", "prefill / step / KV-vs-full max abs", "greedy tokens"):
+        lt.add_column(col)
+    for name, x in LM_THRESHOLDS.items():
+        scale = " x max |logit|" if x.relative else ""
+        lt.add_row(name, f"{x.reference} golden",
+                   f"{x.prefill_max_abs:g} / {x.step_max_abs:g} / {x.kv_vs_full_max_abs:g}{scale}",
+                   f"{x.greedy_min:.0%}")
+    out.print(lt)
     return 0
 
 

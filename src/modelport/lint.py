@@ -20,9 +20,10 @@ from typing import Any, Callable
 
 from .errors import ModelportError
 from .fsutil import read_json
-from .recipes import Recipe
+from .recipes import CAUSAL_LM, SENTENCE_ENCODER, Recipe
 
 ALL_TARGETS = ("onnx", "coreml", "mlx", "mlc")
+ALL_FAMILIES = (SENTENCE_ENCODER, CAUSAL_LM)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class Rule:
     name: str
     targets: tuple[str, ...]
     check: Callable[[Path, dict[str, Any], Recipe], list[Finding]]
+    # model families (recipes.py) the rule concerns: pooling rules mean nothing for a decoder
+    families: tuple[str, ...] = (SENTENCE_ENCODER,)
 
 
 def _tokenizer_json(model_dir: Path) -> dict[str, Any]:
@@ -110,18 +113,64 @@ def cls_pooling_special_tokens(model_dir: Path, config: dict[str, Any], recipe: 
         "[CLS]/<s> is added: every client would pool the first word instead")]
 
 
+def decoder_rope_parameters_only(model_dir: Path, config: dict[str, Any], recipe) -> list[Finding]:
+    """A decoder config with RoPE settings only in `rope_parameters` (transformers 5).
+
+    modelport's ONNX export traces transformers 5, which reads them, so the graph is right; but the
+    checkpoint (and any config shipped as is) is misread by readers built for transformers 4:
+    optimum-onnx 0.1.0 (on transformers 4.57) exported a SmolLM3 whose prefill logits were off by
+    3.69 max abs and whose greedy tokens matched on 0 of 5 prompts; the same export is exact once a
+    top-level rope_theta is added. The artifact's config.json gets that top-level copy (and
+    rope_scaling for scaled RoPE); this finding names the checkpoint so its owner can fix the source.
+    """
+    params = config.get("rope_parameters")
+    if not isinstance(params, dict):
+        return []
+    missing = []
+    if "rope_theta" in params and config.get("rope_theta") is None:
+        missing.append(f"rope_theta={params['rope_theta']}")
+    rope_type = params.get("rope_type", "default")
+    if rope_type != "default" and not config.get("rope_scaling"):
+        missing.append(f"rope_scaling (rope_type={rope_type!r})")
+    if not missing:
+        return []
+    return [Finding(
+        "rope-parameters-only", "warning",
+        f"config.json keeps {' and '.join(missing)} only inside rope_parameters (transformers 5): optimum-onnx and "
+        "transformers < 5 read the top-level keys and silently fall back to defaults (SmolLM3 exported that way: "
+        "logits off by 3.69, 0/5 greedy sequences right). modelport's export reads rope_parameters; the artifact's "
+        "config.json gets the top-level keys so other readers of the artifact agree. Fix the checkpoint's "
+        "config.json too")]
+
+
+def chat_template_missing(model_dir: Path, config: dict[str, Any], recipe) -> list[Finding]:
+    if getattr(recipe, "chat_template", True):
+        return []
+    return [Finding(
+        "chat-template-missing", "warning",
+        "no chat template (tokenizer_config.json chat_template or chat_template.jinja): clients cannot format "
+        "chat messages, and the validation's chat prompt is run as plain text")]
+
+
 RULES: tuple[Rule, ...] = (
     Rule("pooling-config-missing", ALL_TARGETS, pooling_config_missing),
     # Targets that trace transformers 5 in-process (onnx, coreml) read rope_parameters correctly.
-    Rule("rope-parameters-only", ("mlx",), rope_parameters_only),
-    Rule("tokenizer-fixed-padding", ALL_TARGETS, tokenizer_fixed_padding),
+    # (decoders on MLX: the converter writes the top-level keys itself, see the warning rule below)
+    Rule("rope-parameters-only", ("mlx",), rope_parameters_only, (SENTENCE_ENCODER,)),
+    Rule("tokenizer-fixed-padding", ALL_TARGETS, tokenizer_fixed_padding, ALL_FAMILIES),
     Rule("tokenizer-truncation", ALL_TARGETS, tokenizer_truncation),
     Rule("cls-pooling-without-special-tokens", ALL_TARGETS, cls_pooling_special_tokens),
+    # decoders: the artifact is right (ONNX/Core ML trace transformers 5; MLX writes the top-level
+    # rope_theta/rope_scaling mlx-lm reads), but the checkpoint misleads transformers-4-era readers
+    Rule("rope-parameters-only", ("onnx", "coreml", "mlx"), decoder_rope_parameters_only, (CAUSAL_LM,)),
+    Rule("chat-template-missing", ALL_TARGETS, chat_template_missing, (CAUSAL_LM,)),
 )
 
 
 def run(model_dir: Path, config: dict[str, Any], recipe: Recipe, target: str) -> list[Finding]:
-    return [f for rule in RULES if target in rule.targets for f in rule.check(model_dir, config, recipe)]
+    family = recipe.architecture.family
+    return [f for rule in RULES if target in rule.targets and family in rule.families
+            for f in rule.check(model_dir, config, recipe)]
 
 
 def enforce(findings: list[Finding], ignore: bool) -> None:

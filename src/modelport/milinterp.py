@@ -10,6 +10,13 @@ Numerics follow Core ML's storage rules, not the most accurate possible math:
 - every op's result is rounded to the dtype the program declares for it, so an fp16 program keeps
   fp16 tensors between ops as Core ML does; inside one op the math is float32 (fp16 inputs are
   upcast, which is exact), so an fp16 verdict measures fp16 storage, not NumPy's fp16 kernels;
+- the dot products of float32 programs (linear, matmul) accumulate in float64 and are rounded
+  once to float32: what is left is the program's own storage rounding, not NumPy's summation
+  order. Measured on the tiny SmolLM3 (4 layers, logits up to 12): PyTorch fp32 is 6.3e-6 from
+  float64 and so was a float32-accumulating interpreter (5.7e-6), in opposite directions, so the
+  two differed by 1.2e-5 with no conversion error at all; accumulating in float64 brings the
+  interpreter to 1.5e-6 from float64 there. What remains is float32 storage between ops, as on
+  device (one logit of the w4 package stays 5.1e-6 from float64, PyTorch 6.1e-6 the other way);
 - weights are decompressed from their stored form (int8 + scale, n-bit palette indices + LUT)
   exactly as the MIL constexpr op specifications define;
 - declared shapes are checked after every op, and inputs against the model's fixed, range or
@@ -17,7 +24,15 @@ Numerics follow Core ML's storage rules, not the most accurate possible math:
 
 Coverage is deliberate: `OPS` holds the ops the supported recipes produce (BERT-family and
 XLM-R encoders, fixed/range/enumerated shapes, fp32/fp16, 8-bit linear and 4/6-bit palettized
-weights). Any other op is refused when the package is loaded, with a ModelportError naming it.
+weights; decoder LLMs — Llama, Qwen2/3, SmolLM3 — with an iOS18 stateful KV cache, flexible
+query and cache lengths, 8-bit and 4-bit block-wise weights). Any other op is refused when the
+package is loaded, with a ModelportError naming it.
+
+States (iOS18 `ct.StateType`, the KV cache) are a dict of NumPy arrays owned by the caller, like
+Core ML's MLState: `make_state()` gives zeros, `run(inputs, state)` reads them with `read_state`
+and writes them in place with `write_state` / `coreml_update_state`, so a decode step sees what
+the previous call left. Core ML states are float16 only (coremltools refuses others), and the
+interpreter checks every write against the state's declared dtype and shape.
 
 Only numpy, protobuf (via coremltools.proto) and modelport.errors are imported: no torch, so
 this runs in the small validator image.
@@ -60,14 +75,17 @@ NP_DTYPES: dict[int, Any] = {
     DT.INT8: np.int8, DT.INT16: np.int16, DT.INT32: np.int32, DT.INT64: np.int64,
     DT.UINT8: np.uint8, DT.UINT16: np.uint16, DT.UINT32: np.uint32, DT.UINT64: np.uint64,
 }
-# Sub-byte index types of palettized weights (iOS18): bits per element, packed LSB first.
-SUB_BYTE_BITS = {DT.UINT1: 1, DT.UINT2: 2, DT.UINT3: 3, DT.UINT4: 4, DT.UINT6: 6}
+# Sub-byte types (iOS18): bits per element, packed LSB first. Unsigned ones are palette indices;
+# INT4 is the two's-complement data of 4-bit linear quantization (constexpr_blockwise_shift_scale).
+SUB_BYTE_BITS = {DT.UINT1: 1, DT.UINT2: 2, DT.UINT3: 3, DT.UINT4: 4, DT.UINT6: 6, DT.INT4: 4}
+SIGNED_SUB_BYTE = {DT.INT4}
 CAST_DTYPES = {"fp16": np.float16, "fp32": np.float32, "int32": np.int32, "int16": np.int16, "int8": np.int8,
                "uint8": np.uint8, "uint16": np.uint16, "bool": np.bool_}
 # weight.bin blob data types (MILBlob's BlobDataType), each seen in packages coremltools 9 writes:
-# fp16, fp32, uint8, int8, uint16, uint4 and uint6 (sub-byte: raw bytes, unpacked by type), int32.
-BLOB_DTYPES = {1: np.float16, 2: np.float32, 3: np.uint8, 4: np.int8, 7: np.uint16, 11: np.uint8, 13: np.uint8,
-               14: np.int32}
+# fp16, fp32, uint8, int8, uint16, int4, uint4 and uint6 (sub-byte: raw bytes, unpacked by type),
+# int32.
+BLOB_DTYPES = {1: np.float16, 2: np.float32, 3: np.uint8, 4: np.int8, 7: np.uint16, 8: np.uint8, 11: np.uint8,
+               13: np.uint8, 14: np.int32}
 BLOB_SENTINEL = 0xDEADBEEF
 BLOB_HEADER = struct.Struct("<IIQQ")  # sentinel, data type, size in bytes, data offset
 
@@ -160,7 +178,11 @@ def _decode_blob(value: Any, weights: dict[str, WeightFile]) -> Array:
     tt = value.type.tensorType
     shape = tensor_shape(tt)
     if tt.dataType in SUB_BYTE_BITS:
-        return unpack_bits(raw, SUB_BYTE_BITS[tt.dataType], int(np.prod(shape))).reshape(shape)
+        nbits = SUB_BYTE_BITS[tt.dataType]
+        values = unpack_bits(raw, nbits, int(np.prod(shape)))
+        if tt.dataType in SIGNED_SUB_BYTE:  # two's complement: 8..15 are -8..-1
+            values = values.astype(np.int8) - ((values >> (nbits - 1)) << nbits).astype(np.int8)
+        return values.reshape(shape)
     return raw.view(_np_dtype(tt.dataType)).reshape(shape)
 
 
@@ -197,7 +219,7 @@ def _axes(axes: Any) -> tuple[int, ...] | None:
 
 
 BINARY = {
-    "add": np.add, "sub": np.subtract, "mul": np.multiply, "maximum": np.maximum,
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "maximum": np.maximum, "minimum": np.minimum,
     "equal": np.equal, "not_equal": np.not_equal, "greater_equal": np.greater_equal,
 }
 for _name, _fn in BINARY.items():
@@ -282,10 +304,9 @@ def gather_along_axis(x: Array, indices: Array, axis: Array = 0, validate_indice
     return np.take_along_axis(x, np.asarray(indices).astype(np.int64), axis=int(axis))
 
 
-@op("slice_by_index")
-def slice_by_index(x: Array, begin: Array, end: Array, stride: Array | None = None, begin_mask: Array | None = None,
-                   end_mask: Array | None = None, squeeze_mask: Array | None = None) -> Array:
-    rank = x.ndim
+def _slice_index(rank: int, begin: Array, end: Array, stride: Array | None, begin_mask: Array | None,
+                 end_mask: Array | None, squeeze_mask: Array | None) -> tuple[Any, ...]:
+    """The NumPy index of a MIL slice (slice_by_index and slice_update share the semantics)."""
     stride = [1] * rank if stride is None else [int(s) for s in stride]
     begin_mask = [False] * rank if begin_mask is None else [bool(b) for b in begin_mask]
     end_mask = [False] * rank if end_mask is None else [bool(b) for b in end_mask]
@@ -297,7 +318,30 @@ def slice_by_index(x: Array, begin: Array, end: Array, stride: Array | None = No
         else:
             index.append(slice(None if begin_mask[i] else int(begin[i]), None if end_mask[i] else int(end[i]),
                                stride[i]))
-    return np.asarray(x[tuple(index)])
+    return tuple(index)
+
+
+@op("slice_by_index")
+def slice_by_index(x: Array, begin: Array, end: Array, stride: Array | None = None, begin_mask: Array | None = None,
+                   end_mask: Array | None = None, squeeze_mask: Array | None = None) -> Array:
+    return np.asarray(x[_slice_index(x.ndim, begin, end, stride, begin_mask, end_mask, squeeze_mask)])
+
+
+@op("slice_update")
+def slice_update(x: Array, update: Array, begin: Array, end: Array, stride: Array | None = None,
+                 begin_mask: Array | None = None, end_mask: Array | None = None,
+                 squeeze_mask: Array | None = None) -> Array:
+    """iOS18: x with x[slice] = update (a copy; the KV-cache write). The update must have exactly
+    the slice's shape: Core ML does not broadcast it, so neither does the interpreter."""
+    index = _slice_index(x.ndim, begin, end, stride, begin_mask, end_mask, squeeze_mask)
+    out = np.array(x, copy=True)
+    target_shape = out[index].shape
+    update = np.asarray(update)
+    if update.shape != target_shape:
+        raise ModelportError(f"MIL slice_update: update of shape {list(update.shape)} for a slice of shape "
+                             f"{list(target_shape)}")
+    out[index] = update.astype(out.dtype, copy=False)
+    return out
 
 
 @op("cumsum")
@@ -317,6 +361,11 @@ def reduce_sum(x: Array, axes: Array | None = None, keep_dims: Any = False) -> A
     return np.sum(f32(x), axis=_axes(axes), keepdims=bool(keep_dims))
 
 
+@op("reduce_mean")
+def reduce_mean(x: Array, axes: Array | None = None, keep_dims: Any = False) -> Array:
+    return np.mean(f32(x), axis=_axes(axes), keepdims=bool(keep_dims))
+
+
 @op("reduce_l2_norm")
 def reduce_l2_norm(x: Array, axes: Array | None = None, keep_dims: Any = False) -> Array:
     x = f32(x)
@@ -328,6 +377,45 @@ def softmax(x: Array, axis: Array = -1) -> Array:
     x = f32(x)
     e = np.exp(x - np.max(x, axis=int(axis), keepdims=True))
     return e / np.sum(e, axis=int(axis), keepdims=True)
+
+
+@op("range_1d")
+def range_1d(start: Array, end: Array, step: Array) -> Array:
+    """[start, end) by step, in the inputs' dtype (int32 positions in the decoder graphs)."""
+    start, end, step = np.asarray(start), np.asarray(end), np.asarray(step)
+    return np.arange(start.item(), end.item(), step.item(), dtype=np.result_type(start, end, step))
+
+
+@op("cos")
+def cos(x: Array) -> Array:
+    return np.cos(f32(x))
+
+
+@op("sin")
+def sin(x: Array) -> Array:
+    return np.sin(f32(x))
+
+
+@op("pow")
+def pow_(x: Array, y: Array) -> Array:
+    x, y = f32(x), f32(y)
+    if y.ndim == 0 and float(y) == 2.0:  # RMSNorm's x**2: x * x is the same rounded square, faster
+        return x * x
+    return np.power(x, y)
+
+
+@op("rsqrt")
+def rsqrt(x: Array, epsilon: Array = 1e-12) -> Array:
+    """MIL: 1 / sqrt(x + epsilon). The converter leaves the default 1e-12 in RMSNorm, on top of
+    the model's own epsilon (>= 1e-6): below one float32 ulp of the sum, as on device."""
+    return np.float32(1.0) / np.sqrt(f32(x) + f32(epsilon))
+
+
+@op("silu")
+def silu(x: Array) -> Array:
+    x = f32(x)
+    with np.errstate(over="ignore"):  # exp(-x) overflows to inf for x << 0: silu -> -0, correct
+        return x / (np.float32(1.0) + np.exp(-x))
 
 
 def erf(x: Array) -> Array:
@@ -374,22 +462,73 @@ def layer_norm(x: Array, axes: Array | None = None, gamma: Array | None = None, 
     return y
 
 
+def _dot_dtype(x: Array) -> Any:
+    """Accumulation dtype of a dot product: float64 for a float32 activation (rounded once to
+    float32 when stored), float32 for float16 (exact products, far below fp16 storage rounding)."""
+    return np.float64 if np.asarray(x).dtype == np.float32 else np.float32
+
+
 @op("linear")
 def linear(x: Array, weight: Array, bias: Array | None = None) -> Array:
-    x = f32(x)
+    acc = _dot_dtype(x)
+    x = np.asarray(x).astype(acc, copy=False)
     # As one 2-D GEMM: NumPy's batched matmul with a transposed operand is several times slower.
-    y = (x.reshape(-1, x.shape[-1]) @ f32(weight).T).reshape(*x.shape[:-1], weight.shape[0])
+    y = (x.reshape(-1, x.shape[-1]) @ np.asarray(weight).astype(acc, copy=False).T).reshape(*x.shape[:-1], weight.shape[0])
     return y if bias is None else y + f32(bias)
 
 
 @op("matmul")
 def matmul(x: Array, y: Array, transpose_x: Any = False, transpose_y: Any = False) -> Array:
-    x, y = f32(x), f32(y)
+    acc = _dot_dtype(x) if np.asarray(x).dtype.kind == "f" else np.float32
+    x, y = np.asarray(x).astype(acc, copy=False), np.asarray(y).astype(acc, copy=False)
     if bool(transpose_x):
         x = np.swapaxes(x, -1, -2)
     if bool(transpose_y):
         y = np.swapaxes(y, -1, -2)
     return np.matmul(x, y)
+
+
+# States (iOS18): the program's state inputs are bound to `StateSlot`s holding the caller's arrays.
+
+
+@dataclass
+class StateSlot:
+    """One state of the running program: its name and the caller's array, written in place."""
+
+    name: str
+    store: dict[str, Array]
+
+    def read(self) -> Array:
+        return np.array(self.store[self.name], copy=True)
+
+    def write(self, value: Array) -> None:
+        current = self.store[self.name]
+        value = np.asarray(value)
+        if value.shape != current.shape:
+            raise ModelportError(f"write to state {self.name}: shape {list(value.shape)}, "
+                                 f"declared {list(current.shape)}")
+        if value.dtype != current.dtype:
+            raise ModelportError(f"write to state {self.name}: dtype {value.dtype}, declared {current.dtype} "
+                                 "(the program must cast before writing)")
+        current[...] = value
+
+
+@op("read_state")
+def read_state(input: StateSlot) -> Array:
+    return input.read()
+
+
+@op("write_state")
+def write_state(input: StateSlot, data: Array) -> tuple[()]:
+    input.write(data)
+    return ()
+
+
+@op("coreml_update_state")
+def coreml_update_state(state: StateSlot, value: Array) -> Array:
+    """The converter's dialect op (lowered to write_state when saved): write, then pass through."""
+    state.write(value)
+    return np.asarray(value)
 
 
 # Compressed weights (coremltools.optimize): compile-time ops that rebuild a dense constant.
@@ -485,6 +624,25 @@ def input_specs(spec: Any) -> list[InputSpec]:
     return out
 
 
+@dataclass(frozen=True)
+class StateSpec:
+    """One iOS18 state of the model (a KV cache buffer): fixed shape, float16 in Core ML 8."""
+
+    name: str
+    dtype: Any
+    shape: tuple[int, ...]
+
+
+def state_specs(spec: Any) -> list[StateSpec]:
+    """The model description's states (what `MLModel.make_state()` allocates)."""
+    out = []
+    for st in spec.description.state:
+        arr = st.type.stateType.arrayType
+        dtype_name = Model_pb2.ArrayFeatureType.ArrayDataType.Name(arr.dataType)
+        out.append(StateSpec(st.name, ARRAY_DTYPES[dtype_name], tuple(int(s) for s in arr.shape)))
+    return out
+
+
 def op_counts(package: Path, function: str = "main") -> dict[str, int]:
     """How many ops of each type the package's program holds (read from the file, no weights)."""
     spec, _ = read_spec(Path(package))
@@ -526,6 +684,7 @@ class Interpreter:
         fn = program.functions[function]
         self.block = fn.block_specializations[fn.opset]
         self.inputs = input_specs(self.spec)
+        self.states = state_specs(self.spec)
         self.output_names = list(self.block.outputs)
         unknown = sorted({o.type for o in self.block.operations if o.type not in OPS or len(o.blocks)})
         if unknown:
@@ -539,6 +698,8 @@ class Interpreter:
         for step in (s for s in steps if s.is_constant):
             self._execute(step, self.constants)
         self.steps = [s for s in steps if not s.is_constant]
+        # Outputs of constexpr_* ops: the decompressed weights (see `constexpr_values`).
+        self.constexpr_names = [o[0] for s in steps if s.type.startswith("constexpr_") for o in s.outputs]
         # Ops compute in fp32 anyway: upcast float constants once (exact) instead of on every call.
         self._compute_constants = {k: f32(v) if isinstance(v, np.ndarray) else v for k, v in self.constants.items()}
 
@@ -589,9 +750,31 @@ class Interpreter:
             feeds[s.name] = x.astype(s.dtype)
         return feeds
 
-    def run(self, inputs: dict[str, Array]) -> dict[str, Array]:
+    def make_state(self) -> dict[str, Array]:
+        """Fresh states, zero-filled, as Core ML's `MLModel.make_state()` allocates them."""
+        return {s.name: np.zeros(s.shape, dtype=s.dtype) for s in self.states}
+
+    def check_state(self, state: dict[str, Array] | None) -> dict[str, Array]:
+        if not self.states:
+            if state:
+                raise ModelportError(f"{self.package}: the model has no states; got {sorted(state)}")
+            return {}
+        if state is None:
+            raise ModelportError(f"{self.package}: stateful model: pass the state from make_state()")
+        for s in self.states:
+            x = state.get(s.name)
+            if not isinstance(x, np.ndarray) or x.shape != s.shape or x.dtype != np.dtype(s.dtype):
+                raise ModelportError(f"{self.package}: state {s.name} must be a {np.dtype(s.dtype).name} array "
+                                     f"of shape {list(s.shape)}")
+        return state
+
+    def run(self, inputs: dict[str, Array], state: dict[str, Array] | None = None) -> dict[str, Array]:
+        """One prediction. A stateful model reads and updates `state` (from `make_state()`) in
+        place, like Core ML's `predict(inputs, state=...)`."""
         env: dict[str, Any] = dict(self._compute_constants)
         env.update(self.check_inputs(inputs))
+        store = self.check_state(state)
+        env.update({s.name: StateSlot(s.name, store) for s in self.states})
         with single_threaded_blas():
             for step in self.steps:
                 self._execute(step, env)
@@ -616,3 +799,14 @@ def single_threaded_blas() -> contextlib.AbstractContextManager:
     """
     controller = _blas_controller()
     return controller.limit(limits=1, user_api="blas") if controller else contextlib.nullcontext()
+
+
+def constexpr_values(package: Path) -> dict[str, Array]:
+    """Every compressed constant of a package, decompressed as the program defines it, by name.
+
+    Quantized variants are validated against PyTorch running exactly these weights: reading them
+    from the shipped file (not from the compressor's Python objects) means a wrong scale layout or
+    sign convention in the file shows up as a mismatch instead of being copied into the reference.
+    """
+    interpreter = Interpreter(Path(package))
+    return {name: interpreter.constants[name] for name in interpreter.constexpr_names}

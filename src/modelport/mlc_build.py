@@ -74,11 +74,25 @@ def _runtime_key() -> str:
     """
     h = hashlib.sha256()
     for dist in WHEELS:
-        h.update(dist.encode() + (distribution(dist).read_text("RECORD") or "").encode())
+        h.update(dist.encode() + "\n".join(_wheel_files(distribution(dist).read_text("RECORD") or "")).encode())
     for path in sorted(HEADERS.rglob("*.h")):
         h.update(str(path.relative_to(HEADERS)).encode() + path.read_bytes())
     h.update(emcc_version().encode() + " ".join(RUNTIME_FLAGS).encode())
     return h.hexdigest()[:20]
+
+
+def _wheel_files(record: str) -> list[str]:
+    """The RECORD lines of the wheel's own files. pip adds lines that depend on the installation, not
+    on the sources (console scripts with the venv's path in their shebang, .pyc files, INSTALLER,
+    REQUESTED): without them the key is the same in .venv and in the mlc image, which can then
+    share one runtime build (`make mlc MLC_RUNTIME_CACHE=...`)."""
+    keep = []
+    for line in record.splitlines():
+        path = line.split(",", 1)[0]
+        if not line.strip() or path.startswith("../") or "__pycache__" in path or ".dist-info/" in path:
+            continue
+        keep.append(line)
+    return sorted(keep)
 
 
 def runtime_cache_dir() -> Path:
@@ -215,6 +229,80 @@ def make_wrapper(hf_model, recipe, dtype):
     return WebEncoder().eval().to(dtype)
 
 
+def frontend_converters() -> dict[str, Callable[..., Any]]:
+    """Translations of six aten ops (named as after torch.export's core decomposition) that keep a
+    float16 graph float16; passed to TVM's torch frontend as its public `custom_convert_map`.
+
+    Matmuls. TVM 0.27's torch frontend emits every matmul (`addmm`, `mm`, `bmm`, `matmul`, `linear`)
+    with a hard-coded `out_dtype="float32"`: in a float16 graph the product comes out float32, and
+    `addmm`'s bias add (float16 + float32) fails type inference, so a `.half()` export cannot be
+    imported. Routes considered for the f16 (q0f16) variant:
+
+    - `relax.transform.ToMixedPrecision(fp16_input_names=...)` on the float32 import: crashes in
+      TVM 0.27 as soon as parameter names are given (`InternalError: no block is being built`, in
+      its TypeMutator over the parameter tuple); without them the weights stay float32 in the
+      package and only the matmuls run in float16, every other op in float32: not q0f16.
+    - decomposing Linear before the export: `run_decompositions` turns `linear` into `addmm` and
+      `bmm`, the very ops with the hard-coded dtype.
+    - these converters (chosen): the product is still accumulated in float32
+      (`matmul(out_dtype="float32")`, as the frontend does), then cast back to the input dtype, so
+      the rest of the graph (bias add, GELU, LayerNorm, embeddings, the weights themselves) stays
+      the dtype torch exported: float16 for f16.
+
+    Softmax (`_softmax`) of a float16 input is computed in float32 and cast back. TVM's softmax
+    keeps the exponentials and their sum in the input dtype; PyTorch's reference kernels accumulate
+    in float32 (LayerNorm and GELU's erf already compute in float32 inside TVM's kernels). Measured
+    on all-MiniLM-L6-v2 (Node, 47 texts): float16 softmax cos min 0.999993, pooled max abs 6.4e-4,
+    tokens 1.5e-2; float32 softmax 0.999997, 4.6e-4, 1.1e-2.
+
+    For float32 inputs the converters compute what the frontend's own translations compute (same
+    ops and dtypes; no casts are added), so the f32 variant is unchanged (still ≤ 1e-5, measured).
+    """
+    from tvm import relax
+
+    def product(importer, a, b):
+        out = importer.block_builder.emit(relax.op.matmul(a, b, out_dtype="float32"))
+        dtype = str(a.ty.dtype)
+        return out if dtype == "float32" else importer.block_builder.emit(relax.op.astype(out, dtype))
+
+    def scaled(importer, x, factor):
+        return x if factor == 1 else importer.block_builder.emit(
+            relax.op.multiply(x, relax.const(factor, str(x.ty.dtype))))
+
+    def addmm(node, importer):
+        bias, a, b = (importer.env[n] for n in node.args[:3])
+        alpha, beta = node.kwargs.get("alpha", 1), node.kwargs.get("beta", 1)
+        terms = ([scaled(importer, product(importer, a, b), alpha)] if alpha != 0 else []) \
+            + ([scaled(importer, bias, beta)] if beta != 0 else [])
+        if not terms:
+            raise ModelportError("addmm with alpha = beta = 0")
+        return terms[0] if len(terms) == 1 else importer.block_builder.emit(relax.op.add(terms[1], terms[0]))
+
+    def two(node, importer):
+        a, b = importer.retrieve_args(node)[:2]
+        return product(importer, a, b)
+
+    def linear(node, importer):
+        args = importer.retrieve_args(node)
+        out = product(importer, args[0], importer.block_builder.emit(relax.op.permute_dims(args[1])))
+        bias = args[2] if len(args) > 2 else None
+        return out if bias is None else importer.block_builder.emit(relax.op.add(out, bias))
+
+    def softmax(node, importer):
+        bb = importer.block_builder
+        x = importer.env[node.args[0]]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", -1)
+        dtype = str(x.ty.dtype)
+        if dtype == "float32":
+            return bb.emit(relax.op.nn.softmax(x, dim))
+        out = bb.emit(relax.op.nn.softmax(bb.emit(relax.op.astype(x, "float32")), dim))
+        half_to_float = len(node.args) > 2 and bool(node.args[2])  # aten: return float32 as is
+        return out if half_to_float else bb.emit(relax.op.astype(out, dtype))
+
+    return {"addmm.default": addmm, "mm.default": two, "bmm.default": two, "matmul.default": two,
+            "linear.default": linear, "_softmax.default": softmax}
+
+
 def import_relax(source, recipe, dtype_name: str, max_batch: int = MAX_BATCH):
     """torch.export -> Relax; returns (IRModule with encode/prefill/_metadata, {param name: array})."""
     import numpy as np
@@ -233,7 +321,7 @@ def import_relax(source, recipe, dtype_name: str, max_batch: int = MAX_BATCH):
     dynamic = {"inputs": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
     with torch.no_grad():
         program = torch.export.export(wrapper, example, dynamic_shapes=dynamic)
-    mod = from_exported_program(program, keep_params_as_input=True)
+    mod = from_exported_program(program, keep_params_as_input=True, custom_convert_map=frontend_converters())
     names = [spec.target.removeprefix("m.") for spec in program.graph_signature.input_specs
              if spec.kind == torch.export.graph_signature.InputKind.PARAMETER]
     mod, detached = relax.frontend.detach_params(mod)
@@ -318,6 +406,46 @@ def _webgpu_pipeline(target):
     return pipeline
 
 
+def widen_matmul_operands(mod):
+    """For the wasm32 CPU library only: float16 matmul operands are cast to float32 once, before
+    the matmul, instead of inside its inner loop.
+
+    WebAssembly has no float16 arithmetic (Node 20's V8 implements no wasm fp16 proposal), so
+    LLVM stores float16 as i16 and converts every load with a compiler-rt call (`__extendhfsf2`,
+    linked into the library from emscripten's compiler-rt; stores use `__truncsfhf2`). TVM's matmul
+    kernel with `out_dtype="float32"` computes `sum(float32(a[i, k]) * float32(b[k, j]))`, so it
+    pays two calls per multiply-add: measured 56 s for one 128-token text with tiny-bert-arctic.
+    Casting the operands first computes the same products and sums in the same order (float16 to
+    float32 is exact), with one call per element: the numbers are bit for bit those of the fused
+    kernel (checked in tests/test_mlc.py). The WebGPU library keeps the float16 matmul: WGSL has
+    native `f16` loads (`enable f16;`).
+    """
+    import tvm
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Widen(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.matmul"
+                    and str(call.attrs.out_dtype) == "float32"
+                    and any(str(a.ty.dtype) == "float16" for a in call.args)):
+                args = [self.builder_.emit(relax.op.astype(a, "float32")) if str(a.ty.dtype) == "float16" else a
+                        for a in call.args]
+                return relax.op.matmul(*args, out_dtype="float32")
+            return call
+
+    @tvm.transform.module_pass(opt_level=0, name="WidenMatmulOperands")
+    def widen(mod, _ctx):
+        mutator = Widen(mod)
+        for gv, fn in mod.functions_items():
+            if isinstance(fn, relax.Function):
+                mutator.builder_.update_func(gv, mutator.visit_expr(fn))
+        return mutator.builder_.get()
+
+    return widen(mod)
+
+
 def build_library(mod, kind: str, output: Path, runtime: Path) -> dict[str, float]:
     """Relax build for `kind` (webgpu kernels + wasm32 host, or wasm32 CPU kernels), system-lib,
     then emcc link into `output`; returns {"build_s", "link_s"}."""
@@ -329,7 +457,7 @@ def build_library(mod, kind: str, output: Path, runtime: Path) -> dict[str, floa
         target = tvm.target.Target({"kind": "webgpu", "host": WASM32})
         exe = relax.build(mod, target=target, system_lib=True, relax_pipeline=_webgpu_pipeline(target))
     elif kind == "wasm32-cpu":
-        exe = relax.build(mod, target=tvm.target.Target(WASM32), system_lib=True)
+        exe = relax.build(widen_matmul_operands(mod), target=tvm.target.Target(WASM32), system_lib=True)
     else:
         raise ValueError(kind)
     build_s = time.perf_counter() - t0

@@ -42,6 +42,12 @@ class Architecture:
     # Group size for group-wise weight quantization (MLX q8/q4): 64 is mlx-lm's default; a smaller
     # divisor is chosen when a layer's input width is not a multiple of it.
     quant_group_size: int = 64
+    # Decoders (family "causal-lm"): the transformers class the reference and exporters load.
+    causal_lm_class: str | None = None
+
+    @property
+    def is_decoder(self) -> bool:
+        return self.family == CAUSAL_LM
 
 
 TORCH_EXPORT_ONLY = Quirk(
@@ -55,6 +61,51 @@ PADDING_ROWS_UNDEFINED = Quirk(
     "Hidden states at padding positions depend on the attention kernel (6.5e-5 between eager and "
     "SDPA in PyTorch itself): only non-padding positions are compared.",
 )
+
+SENTENCE_ENCODER = "sentence-encoder"
+CAUSAL_LM = "causal-lm"
+
+# --- decoder quirks: what each converter (ONNX, MLX, Core ML) must do deliberately -----------------
+TIED_EMBEDDINGS = Quirk(
+    "tied-embeddings",
+    "lm_head shares the input embedding table when config.tie_word_embeddings is true. Policy (ONNX): "
+    "fp32/fp16 files store the table once (the lm_head MatMul reads it through a Transpose); 4-bit "
+    "variants give the lm_head its own copy and quantize it (the largest matrix of a small model, read "
+    "at every decode step) while the embedding Gather stays float, so the tie is broken on purpose and "
+    "the dequantized-weights reference unties them the same way.",
+)
+GQA = Quirk(
+    "grouped-query-attention",
+    "num_key_value_heads < num_attention_heads: the KV cache has num_key_value_heads heads, and the "
+    "cache tensors' head count and head_dim are fixed numbers in the graph (transformers.js sizes the "
+    "empty cache from them).",
+)
+ROPE_PARAMETERS = Quirk(
+    "rope-parameters",
+    "transformers 5 writes rope_theta/rope scaling inside `rope_parameters`; readers built for "
+    "transformers 4 (optimum-onnx, older transformers, mlx-lm versions) look for a top-level `rope_theta` "
+    "and silently fall back to a default (SmolLM3: 2e6 read as 1e4, logits off by 3.7). The artifact's "
+    "config.json gets a top-level rope_theta copy; the lint names checkpoints that lack it.",
+)
+QK_NORM = Quirk(
+    "qk-norm",
+    "per-head RMSNorm on queries and keys before RoPE (q_norm/k_norm weights of size head_dim); "
+    "head_dim is set explicitly and may differ from hidden_size / num_attention_heads.",
+)
+QKV_BIAS = Quirk("qkv-bias", "q_proj/k_proj/v_proj have biases (o_proj has none): quantizers must keep them.")
+NOPE_LAYERS = Quirk(
+    "nope-layers",
+    "no rotary embedding on some layers (config.no_rope_layers[i] == 0, every 4th layer by default): "
+    "exporters that apply RoPE to every layer (onnxruntime-genai's builder) fail or compute another model.",
+)
+FUSED_PROJECTIONS = Quirk(
+    "fused-projections",
+    "qkv_proj and gate_up_proj are single Linear layers (Phi-3); converters that split or match "
+    "weights by the Llama names must split them along the output dimension.",
+)
+DECODER_TARGETS = ("onnx", "mlx", "coreml")
+# KV-cache graph inputs besides past_key_values.N.key/value (transformers.js text-generation names)
+DECODER_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
 ARCHITECTURES: dict[str, Architecture] = {
     a.model_type: a
@@ -87,6 +138,52 @@ ARCHITECTURES: dict[str, Architecture] = {
                     "takes only input_ids and attention_mask.",
                 ),
             ),
+        ),
+        # --- decoder LLMs -------------------------------------------------------------------------
+        Architecture(
+            model_type="llama",
+            family=CAUSAL_LM,
+            inputs=DECODER_INPUTS,
+            default_pooling="none",
+            quirks=(GQA, TIED_EMBEDDINGS, ROPE_PARAMETERS),
+            targets=DECODER_TARGETS,
+            causal_lm_class="LlamaForCausalLM",
+        ),
+        Architecture(
+            model_type="qwen2",
+            family=CAUSAL_LM,
+            inputs=DECODER_INPUTS,
+            default_pooling="none",
+            quirks=(GQA, TIED_EMBEDDINGS, ROPE_PARAMETERS, QKV_BIAS),
+            targets=DECODER_TARGETS,
+            causal_lm_class="Qwen2ForCausalLM",
+        ),
+        Architecture(
+            model_type="qwen3",
+            family=CAUSAL_LM,
+            inputs=DECODER_INPUTS,
+            default_pooling="none",
+            quirks=(GQA, TIED_EMBEDDINGS, ROPE_PARAMETERS, QK_NORM),
+            targets=DECODER_TARGETS,
+            causal_lm_class="Qwen3ForCausalLM",
+        ),
+        Architecture(
+            model_type="smollm3",
+            family=CAUSAL_LM,
+            inputs=DECODER_INPUTS,
+            default_pooling="none",
+            quirks=(GQA, TIED_EMBEDDINGS, ROPE_PARAMETERS, NOPE_LAYERS),
+            targets=DECODER_TARGETS,
+            causal_lm_class="SmolLM3ForCausalLM",
+        ),
+        Architecture(
+            model_type="phi3",
+            family=CAUSAL_LM,
+            inputs=DECODER_INPUTS,
+            default_pooling="none",
+            quirks=(GQA, TIED_EMBEDDINGS, ROPE_PARAMETERS, FUSED_PROJECTIONS),
+            targets=("onnx",),
+            causal_lm_class="Phi3ForCausalLM",
         ),
     )
 }
@@ -195,8 +292,11 @@ def _max_length(model_dir: Path, config: dict[str, Any], arch: Architecture) -> 
     return value, notes
 
 
-def recipe_for(model_dir: Path, config: dict[str, Any]) -> Recipe:
+def recipe_for(model_dir: Path, config: dict[str, Any]) -> "Recipe | LMRecipe":
+    """The recipe for a checkpoint: `Recipe` for sentence encoders, `LMRecipe` for decoders."""
     arch = architecture_for(config)
+    if arch.is_decoder:
+        return lm_recipe_for(model_dir, config, arch)
     pooled = read_pooling(model_dir)
     notes: list[str] = []
     if pooled is None:
@@ -232,3 +332,119 @@ def _quant_group_size(config: dict[str, Any], arch: Architecture) -> tuple[int, 
     notes = [] if group == arch.quant_group_size else [
         f"quantization group size {group} (the default {arch.quant_group_size} does not divide {widths})"]
     return group, notes
+
+
+# --- decoder LLMs ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LMRecipe:
+    """A causal LM checkpoint: the shapes a KV-cache graph needs and what travels with it."""
+
+    architecture: Architecture
+    num_layers: int
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+    max_length: int  # max_position_embeddings: the context the model declares
+    tie_word_embeddings: bool
+    eos_token_id: list[int]
+    rope_theta: float | None
+    chat_template: bool  # the tokenizer carries a chat template
+    notes: tuple[str, ...] = field(default=())
+    quant_group_size: int = 64
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.architecture.inputs
+
+    @property
+    def family(self) -> str:
+        return self.architecture.family
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model_type": self.architecture.model_type,
+            "family": self.architecture.family,
+            "inputs": list(self.inputs),
+            "outputs": ["logits"],
+            "num_layers": self.num_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_kv_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_size": self.hidden_size,
+            "vocab_size": self.vocab_size,
+            "max_length": self.max_length,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "eos_token_id": self.eos_token_id,
+            "rope_theta": self.rope_theta,
+            "chat_template": self.chat_template,
+            "quant_group_size": self.quant_group_size,
+            "quirks": [q.name for q in self.architecture.quirks],
+            "notes": list(self.notes),
+        }
+
+
+def rope_theta_of(config: dict[str, Any]) -> float | None:
+    """rope_theta wherever the config keeps it (top level in transformers 4, rope_parameters in 5)."""
+    if config.get("rope_theta") is not None:
+        return float(config["rope_theta"])
+    params = config.get("rope_parameters") or {}
+    if isinstance(params, dict) and params.get("rope_theta") is not None:
+        return float(params["rope_theta"])
+    return None
+
+
+def _read_chat_template(model_dir: Path) -> str | None:
+    """The chat template as transformers 5 (chat_template.jinja) or 4 (tokenizer_config.json) stores it."""
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    tok_cfg = model_dir / "tokenizer_config.json"
+    if tok_cfg.is_file():
+        template = read_json(tok_cfg).get("chat_template")
+        if isinstance(template, str):
+            return template
+    return None
+
+
+def _eos_ids(model_dir: Path, config: dict[str, Any]) -> list[int]:
+    """EOS ids: generation_config.json first (what generate() stops on), then config.json."""
+    from .lm import eos_list
+
+    gen = model_dir / "generation_config.json"
+    if gen.is_file() and read_json(gen).get("eos_token_id") is not None:
+        return eos_list(read_json(gen)["eos_token_id"])
+    return eos_list(config.get("eos_token_id"))
+
+
+def lm_recipe_for(model_dir: Path, config: dict[str, Any], arch: Architecture) -> LMRecipe:
+    heads = int(config["num_attention_heads"])
+    hidden = int(config["hidden_size"])
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    notes = []
+    eos = _eos_ids(model_dir, config)
+    if not eos:
+        notes.append("no eos_token_id in generation_config.json or config.json: greedy checks never stop early anyway")
+    template = _read_chat_template(model_dir)
+    if template is None:
+        notes.append("no chat template: the chat prompt is validated as plain text")
+    group, group_notes = _quant_group_size(config, arch)
+    return LMRecipe(
+        architecture=arch,
+        num_layers=int(config["num_hidden_layers"]),
+        num_attention_heads=heads,
+        num_kv_heads=int(config.get("num_key_value_heads") or heads),
+        head_dim=head_dim,
+        hidden_size=hidden,
+        vocab_size=int(config["vocab_size"]),
+        max_length=int(config.get("max_position_embeddings", 2048)),
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        eos_token_id=eos,
+        rope_theta=rope_theta_of(config),
+        chat_template=template is not None,
+        notes=tuple(notes + group_notes),
+        quant_group_size=group,
+    )

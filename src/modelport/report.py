@@ -215,7 +215,30 @@ def _size(n: int | None) -> str:
     return "–" if n is None else f"{n / 1e6:.1f} MB"
 
 
+def lm_verdict_table(rows: list[Row]) -> str:
+    """Decoder LLM rows: logits distances (Python validator) or generated tokens (transformers.js)."""
+    head = ["variant", "runtime", "verdict", "prefill max abs", "step max abs", "KV vs full", "greedy = golden",
+            "greedy = Python ORT", "size", "time", "notes"]
+    out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for r in rows:
+        m = r.metrics
+        total = m.get("greedy_total")
+        gold = m.get("greedy_equal_golden", m.get("greedy_equal"))
+        cells = [html.escape(c) for c in (r.variant, r.runtime, VERDICT_TEXT.get(r.verdict, r.verdict))] + [
+            _num(m.get("prefill_max_abs"), ".2e"), _num(m.get("step_max_abs"), ".2e"),
+            _num(m.get("kv_vs_full_max_abs"), ".2e"), f"{gold}/{total}" if total else "–",
+            f"{m['greedy_equal_python_ort']}/{total}" if "greedy_equal_python_ort" in m else "–",
+            _size(r.size_bytes), _num(r.seconds, ".1f") + (" s" if r.seconds else ""),
+            "<br>".join(html.escape(n[:400]) for n in r.notes),
+        ]
+        out.append(f'<tr class="{html.escape(r.verdict)}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return "\n".join(out) + "</table>"
+
+
 def verdict_table(rows: list[Row]) -> str:
+    measured = [r for r in rows if r.metrics]
+    if measured and all("greedy_total" in r.metrics for r in measured):
+        return lm_verdict_table(rows)
     head = ["variant", "runtime", "verdict", "tok max abs", "emb max abs", "cos min", "cos mean", "top-5",
             "vs Python ORT", "size", "time", "cases", "notes"]
     out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]

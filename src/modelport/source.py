@@ -69,6 +69,17 @@ MODELS: dict[str, KnownModel] = {
             "tiny random XLM-RoBERTa shaped like BAAI/bge-m3 (CLS pooling, Unigram tokenizer)",
             _tiny("tiny-xlm-roberta"),
         ),
+        # decoder LLMs: a shared byte-level BPE tokenizer (ChatML template), briefly trained weights
+        KnownModel("tiny-llama", "tiny Llama decoder (2 layers, GQA 4/2 heads, untied), BPE + ChatML",
+                   _tiny("tiny-llama")),
+        KnownModel("tiny-qwen2", "tiny Qwen2 decoder (2 layers, qkv bias, tied), BPE + ChatML", _tiny("tiny-qwen2")),
+        KnownModel("tiny-qwen3", "tiny Qwen3 decoder (3 layers, q/k norm, tied), BPE + ChatML", _tiny("tiny-qwen3")),
+        KnownModel("tiny-smollm3", "tiny SmolLM3 decoder (4 layers, layer 4 NoPE, tied), BPE + ChatML",
+                   _tiny("tiny-smollm3")),
+        KnownModel("tiny-phi3", "tiny Phi-3 decoder (2 layers, fused qkv / gate_up), BPE + ChatML",
+                   _tiny("tiny-phi3")),
+        KnownModel("llama-3.2-1b-shape", "random Llama with Llama-3.2-1B's shape (1.24B parameters, 5 GB fp32; "
+                   "untrained, for scale benchmarks), tiny BPE tokenizer", _tiny("llama-3.2-1b-shape")),
     )
 }
 

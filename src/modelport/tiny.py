@@ -4,6 +4,11 @@ No hub is reachable here, yet each architecture in the registry needs a test mod
 tokenizer. These builders produce Hugging Face model directories (config, safetensors,
 tokenizer.json, sentence-transformers pooling config) shaped like the models users convert, and
 cache them under `cache_root()/models`. Same seed and builder version -> same weights.
+
+Decoder LLMs (tiny-llama, tiny-qwen2, tiny-qwen3, tiny-smollm3, tiny-phi3) share a byte-level BPE
+tokenizer trained here and are briefly trained so their logits are peaked (single-threaded, so the
+same machine rebuilds the same bytes; float training is not promised bit-identical across CPUs).
+`llama-3.2-1b-shape` is an untrained model with Llama-3.2-1B's shape, for scale runs.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from .validation_set import TEXTS
 
 SEED = 20261122
 BUILDER_VERSION = "2"
+# Decoder builders have their own version: bumping it rebuilds only the decoders.
+LM_BUILDER_VERSION = "3"
 
 # Training text for the tiny Unigram tokenizer: the validation texts plus a little more, so the
 # vocabulary covers every script the validation set uses.
@@ -150,15 +157,229 @@ def _build_xlm_roberta(out: Path) -> None:
     _sentence_transformers_files(out, "cls", 512, cfg.hidden_size)
 
 
+# --- decoder LLMs ----------------------------------------------------------------------------------
+# One byte-level BPE tokenizer (ChatML specials and chat template, like Qwen/SmolLM) trained offline
+# on the text below, shared by every tiny decoder. The models are random-initialized and then
+# trained for a few hundred steps on the same text: untrained logits are near-uniform, so greedy
+# argmax would be decided by near-ties and token checks would measure noise rather than
+# conversion errors. Training is short (13-50 s on 2 busy cores) and the result is cached.
+
+LM_CORPUS = (
+    "The model converts each sentence into a list of numbers. The converter reads the model, runs the "
+    "reference, and writes a file for every device. Before it writes a file, the converter checks the "
+    "config, the tokenizer and the weights. Why does the small device run the model so slowly? Because "
+    "the small device has little memory, and every layer must be read again for every token. "
+    "Once upon a time there was a little robot who wanted to read every book in the library. "
+    "Near the river lived a small fox, and every morning the fox ran to the water. "
+    "The robot read the first book, then the second book, and then it asked the librarian for more. "
+    "In 2024, the 3 runtimes agreed on 128 of the 130 tokens, and the last 2 tokens differed by a "
+    "rounding error. In 2025, 4 devices ran 16 steps each, and all 64 tokens matched. "
+    "What does the converter check before it writes a file? It checks that the output of the device "
+    "matches the output of the reference, token by token, and it records the result in the manifest. "
+    "A token is a piece of text. The tokenizer splits the text into tokens, and the model predicts the "
+    "next token from the tokens before it. The cache keeps the keys and values of earlier tokens, so "
+    "each new token costs one step, not a whole pass over the text. "
+    "The weather was cold and the road was long, but the travellers kept walking until they reached "
+    "the old harbour, where a small boat was waiting for them. "
+    "Numbers: 0 1 2 3 4 5 6 7 8 9 10 11 12 16 32 64 128 256 512 1024 2048. "
+    "Questions and answers: Where is the file? The file is in the folder. What is the answer? The "
+    "answer is in the manifest. How many tokens? Sixteen tokens for every prompt. "
+)
+LM_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+LM_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+LM_VOCAB = 512
+LM_TRAIN_STEPS = 300
+LM_LR = 3e-3
+# shared shape: hidden 128, 4 heads / 2 KV heads (grouped-query attention), head_dim 32
+LM_COMMON = dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
+                 head_dim=32, max_position_embeddings=2048, rms_norm_eps=1e-6, initializer_range=0.02)
+
+
+def _chat_corpus() -> list[str]:
+    """The corpus as training samples, plus ChatML turns so the chat special tokens are trained too."""
+    import re
+
+    sentences = [s for s in re.split(r"(?<=[.?!]) ", LM_CORPUS) if s.strip()]
+    turns = [f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n{a.strip()}<|im_end|>\n"
+             for q, a in zip(sentences, sentences[1:]) if q.endswith("?")]
+    return [LM_CORPUS] * 4 + turns * 4 + list(TEXTS)
+
+
+def _lm_tokenizer():
+    """Byte-level BPE (GPT-2/Qwen style pre-tokenizer), vocabulary LM_VOCAB, trained on LM_CORPUS.
+
+    BpeTrainer is deterministic for a fixed input (unlike the Unigram trainer), so the same
+    tokenizer.json comes out of every build.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=LM_VOCAB, special_tokens=list(LM_SPECIALS), min_frequency=2,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(_chat_corpus(), trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=None, eos_token="<|im_end|>",
+                                  pad_token="<|endoftext|>", unk_token=None, model_max_length=2048)
+    tok.chat_template = LM_CHAT_TEMPLATE
+    return tok
+
+
+def _train_lm(model, tok, steps: int) -> None:
+    """AdamW on random windows of the corpus (fixed generator): 20 warm-up steps, cosine decay,
+    gradient clipping. Measured: without the schedule, 300 steps leave the loss at ~2 and top-2
+    logit gaps of 1e-5 on the validation prompts (near-ties make greedy checks flaky); with it the
+    loss reaches ~1 and the smallest gap is ~0.05."""
+    import math
+
+    import torch
+
+    ids = [i for text in _chat_corpus() for i in tok(text)["input_ids"]]
+    data = torch.tensor(ids, dtype=torch.long)
+    gen = torch.Generator().manual_seed(SEED)
+    opt = torch.optim.AdamW(model.parameters(), lr=LM_LR, weight_decay=0.0)
+    model.train()
+    seq, batch = 64, 8
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = LM_LR * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        starts = torch.randint(0, len(data) - seq - 1, (batch,), generator=gen)
+        x = torch.stack([data[int(s):int(s) + seq] for s in starts])
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    model.eval()
+
+
+def _lm_builder(config_class: str, train_steps: int = LM_TRAIN_STEPS, **arch) -> Callable[[Path], None]:
+    """A builder for a tiny decoder of `config_class` (a transformers config class name)."""
+
+    def build(out: Path) -> None:
+        import torch
+        import transformers
+        from transformers import AutoModelForCausalLM
+
+        tok = _lm_tokenizer()
+        cfg = getattr(transformers, config_class)(
+            vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            **{**LM_COMMON, **arch})
+        torch.manual_seed(SEED)
+        # one thread: the fastest on a busy 2-core machine (measured 0.08 s/step vs 0.5 s with 2), and
+        # a fixed split of the float reductions, hence the same trained weights on every build
+        with _torch_threads(1):
+            model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+            if train_steps:
+                _train_lm(model, tok, train_steps)
+        model.generation_config.do_sample = False
+        model.generation_config.eos_token_id = tok.eos_token_id
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+
+    return build
+
+
+class _torch_threads:
+    """Pin torch's thread count while training: float reductions, hence the trained weights, can
+    depend on how the work is split."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __enter__(self) -> None:
+        import torch
+
+        self.old = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        torch.set_num_threads(self.old)
+
+
+def _build_llama_1b_shape(out: Path) -> None:
+    """Random Llama with Llama-3.2-1B's shape (hidden 2048, 16 layers, 32 heads / 8 KV heads, head_dim
+    64, vocab 128256, tied embeddings, llama3 rope scaling), with the tiny BPE tokenizer (its ids are
+    a subset of the vocabulary). Untrained: for timing and memory (scale benchmark), not accuracy."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    tok = _lm_tokenizer()
+    cfg = LlamaConfig(
+        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,
+        rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=None, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+    )
+    torch.manual_seed(SEED)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.generation_config.do_sample = False
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def _build_llama_100m_shape(out: Path) -> None:
+    """Random Llama of ~100M parameters in the style of `llama-3.2-1b-shape` (hidden 768, 12 layers,
+    12 heads / 4 KV heads, head_dim 64, intermediate 2048, vocab 32000, tied embeddings, llama3 rope
+    scaling), with the tiny BPE tokenizer. Untrained: the middle point of the scale benchmark."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    tok = _lm_tokenizer()
+    cfg = LlamaConfig(
+        vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+        num_attention_heads=12, num_key_value_heads=4, head_dim=64, max_position_embeddings=131072,
+        rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=None, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+    )
+    torch.manual_seed(SEED)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.generation_config.do_sample = False
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+LM_BUILDERS: dict[str, Callable[[Path], None]] = {
+    # untied embeddings, no biases
+    "tiny-llama": _lm_builder("LlamaConfig", num_hidden_layers=2, tie_word_embeddings=False),
+    # q/k/v biases, tied embeddings
+    "tiny-qwen2": _lm_builder("Qwen2Config", num_hidden_layers=2, tie_word_embeddings=True),
+    # per-head RMSNorm on q and k, tied embeddings
+    "tiny-qwen3": _lm_builder("Qwen3Config", num_hidden_layers=3, tie_word_embeddings=True),
+    # no rotary embedding on every 4th layer (layer 3 of 4 is NoPE), tied embeddings
+    "tiny-smollm3": _lm_builder("SmolLM3Config", num_hidden_layers=4, tie_word_embeddings=True,
+                                no_rope_layer_interval=4),
+    # fused qkv_proj / gate_up_proj, untied
+    "tiny-phi3": _lm_builder("Phi3Config", num_hidden_layers=2, tie_word_embeddings=False),
+    "llama-100m-shape": _build_llama_100m_shape,
+    "llama-3.2-1b-shape": _build_llama_1b_shape,
+}
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-bert-arctic": _build_bert_arctic,
     "tiny-xlm-roberta": _build_xlm_roberta,
+    **LM_BUILDERS,
 }
 
 
 def materialize(name: str) -> Path:
     """Return the cached model directory, building it (atomically) on first use."""
-    target = cache_root() / "models" / f"{name}-v{BUILDER_VERSION}"
+    version = LM_BUILDER_VERSION if name in LM_BUILDERS else BUILDER_VERSION
+    target = cache_root() / "models" / f"{name}-v{version}"
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

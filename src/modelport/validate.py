@@ -17,7 +17,7 @@ from . import targets
 from .errors import ModelportError
 from .metrics import Metrics, case_diff, summarize, topk_agreement
 from .reference import Golden
-from .thresholds import THRESHOLDS, check
+from .thresholds import LM_THRESHOLDS, THRESHOLDS, check, check_lm
 
 
 @dataclass
@@ -30,13 +30,15 @@ class VariantResult:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    family: str = "sentence-encoder"
 
     def to_json(self) -> dict[str, Any]:
+        table = LM_THRESHOLDS if self.family == "causal-lm" else THRESHOLDS
         return {
             "variant": self.variant,
             "precision": self.precision,
             "verdict": "pass" if self.passed else "fail",
-            "thresholds": THRESHOLDS[self.precision].to_json(),
+            "thresholds": table[self.precision].to_json() if self.precision in table else None,
             "metrics": self.metrics.to_json() if self.metrics else None,
             "failures": self.failures,
             "notes": self.notes,
@@ -51,6 +53,7 @@ class Report:
     runtime: str
     results: list[VariantResult]
     notes: list[str] = field(default_factory=list)
+    family: str = "sentence-encoder"
 
     @property
     def passed(self) -> bool:
@@ -59,6 +62,7 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         return {
             "status": "pass" if self.passed else "fail",
+            "family": self.family,
             "target": self.target,
             "runtime": self.runtime,
             "notes": self.notes,
@@ -91,9 +95,90 @@ def evaluate(golden: Golden, run: Callable[[dict[str, np.ndarray]], tuple[np.nda
 
 
 def validate(root: Path, variants: list[str] | None = None, progress: Callable[[str], Any] | None = None) -> Report:
+    """Validate an artifact with its family's validator (the manifest's recipe says which)."""
+    man = manifest_mod.load(root)
+    family = man.get("recipe", {}).get("family", "sentence-encoder")
+    return VALIDATORS[family](root, man, variants, progress)
+
+
+def _selected(target_info: dict[str, Any], variants: list[str] | None) -> list[str]:
+    names = variants or list(target_info["variants"])
+    for name in names:
+        if name not in target_info["variants"]:
+            raise ModelportError(f"variant {name!r} is not in this artifact ({', '.join(target_info['variants'])})")
+    return names
+
+
+def _error_line(e: Exception) -> str:
+    return f"could not run: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+
+
+def validate_lm(root: Path, man: dict[str, Any], variants: list[str] | None,
+                progress: Callable[[str], Any] | None) -> Report:
+    """Decoder LLMs: each variant's runner through lm.evaluate_lm, judged by thresholds.LM_THRESHOLDS.
+
+    Quantized precisions are gated against PyTorch on their own dequantized weights
+    (reference/lm_golden_<variant>); their distance to the fp32 golden (top-1 agreement, KL,
+    greedy tokens, max abs) is reported under extra.vs_fp32, not gated.
+    """
     import time
 
-    man = manifest_mod.load(root)
+    from .lm import LMGolden, evaluate_lm, golden_name
+
+    target_info = man["target"]
+    module = targets.get(target_info["name"])
+    fp32_golden = LMGolden.load(root)
+    results = []
+    for name in _selected(target_info, variants):
+        precision = target_info["variants"][name]["precision"]
+        if precision not in LM_THRESHOLDS:
+            results.append(VariantResult(name, precision, False, None, [
+                f"no decoder gate for precision {precision!r} (thresholds.LM_THRESHOLDS has "
+                f"{', '.join(LM_THRESHOLDS)})"], family="causal-lm"))
+            continue
+        gate = LM_THRESHOLDS[precision]
+        if progress:
+            progress(f"validate {name} ({fp32_golden.steps} greedy steps x {len(fp32_golden.prompts)} prompts)")
+        t0 = time.perf_counter()
+        extra: dict[str, Any] = {}
+        try:
+            runner = module.load_lm_runner(root, name)
+            if gate.reference == "dequantized":
+                if not LMGolden.exists(root, golden_name(name)):
+                    raise FileNotFoundError(f"reference/{golden_name(name)}.npz (the dequantized-weights golden) "
+                                            "is missing from the artifact")
+                golden = LMGolden.load(root, golden_name(name))
+            else:
+                golden = fp32_golden
+            metrics = evaluate_lm(golden, runner)
+            if golden is not fp32_golden:
+                vs = evaluate_lm(fp32_golden, runner)
+                extra["vs_fp32"] = {k: v for k, v in vs.to_json().items() if k != "prompts"}
+        except Exception as e:  # a variant that cannot load or run is a failed variant, not a crash
+            results.append(VariantResult(name, precision, False, None, [_error_line(e)], family="causal-lm"))
+            continue
+        failures = check_lm(precision, metrics)
+        if hasattr(module, "lm_extra_metrics"):  # e.g. Core ML itself on macOS, next to the interpreter
+            more = module.lm_extra_metrics(root, name, golden)
+            failures += more.pop("failures", [])
+            extra.update(more)
+        notes = [f"gated against the {gate.reference} golden"]
+        if "vs_fp32" in extra:
+            v = extra["vs_fp32"]
+            notes.append(f"vs fp32 PyTorch (not gated): top-1 {v['top1_agreement']:.3f}, KL {v['kl_mean']:.2e}, "
+                         f"greedy {v['greedy_equal']}/{v['greedy_total']}, max abs {v['step_max_abs']:.3g}")
+        results.append(VariantResult(name, precision, not failures, metrics, failures, notes,
+                                     time.perf_counter() - t0, extra, family="causal-lm"))
+    runtime = ", ".join(f"{k} {v}" for k, v in module.runtime_versions().items())
+    runtime_notes = module.runtime_notes(root) if hasattr(module, "runtime_notes") else []
+    return Report(target=target_info["name"], runtime=runtime, results=results, notes=runtime_notes,
+                  family="causal-lm")
+
+
+def validate_encoder(root: Path, man: dict[str, Any], variants: list[str] | None,
+                     progress: Callable[[str], Any] | None) -> Report:
+    import time
+
     target_info = man["target"]
     module = targets.get(target_info["name"])
     golden = Golden.load(root)
@@ -123,6 +208,12 @@ def validate(root: Path, variants: list[str] | None = None, progress: Callable[[
     runtime = ", ".join(f"{k} {v}" for k, v in module.runtime_versions().items())
     runtime_notes = module.runtime_notes(root) if hasattr(module, "runtime_notes") else []
     return Report(target=target_info["name"], runtime=runtime, results=results, notes=runtime_notes)
+
+
+VALIDATORS: dict[str, Callable[..., Report]] = {
+    "sentence-encoder": validate_encoder,
+    "causal-lm": validate_lm,
+}
 
 
 def record(root: Path, report: Report) -> None:

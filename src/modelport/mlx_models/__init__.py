@@ -1,5 +1,6 @@
 """Forward passes in MLX, one model family per file (the mlx-lm way).
 
+Encoders (bert.py) and decoder LLMs (llama.py: Llama, Qwen2, Qwen3, SmolLM3, with a KV cache).
 The validator runs the converted MLX weights with these modules and compares them with the
 PyTorch golden outputs. Parameter names mirror the Hugging Face checkpoint's, so converted
 safetensors load with `model.load_weights` and stay readable by other MLX loaders.
@@ -18,6 +19,11 @@ from ..errors import ModelportError
 FAMILIES = {
     "bert": "modelport.mlx_models.bert",
     "xlm-roberta": "modelport.mlx_models.bert",
+    # decoder LLMs: one module, per-family differences in its FAMILIES table
+    "llama": "modelport.mlx_models.llama",
+    "qwen2": "modelport.mlx_models.llama",
+    "qwen3": "modelport.mlx_models.llama",
+    "smollm3": "modelport.mlx_models.llama",
 }
 
 

@@ -11,6 +11,14 @@ Optional:
   extra_metrics(artifact_dir, variant, run, golden) -> dict  extra figures per variant (stored in the
                                                            report under "extra"; e.g. distance to
                                                            PyTorch running the dequantized weights)
+Decoder LLMs (recipe family "causal-lm"; lm.py has the contract):
+  convert_lm(source, recipe, variants, out, step) -> dict      write the files (and, for quantized
+                                                           variants, reference/lm_golden_<variant>
+                                                           from lm.compute_golden(state_dict=...))
+  load_lm_runner(artifact_dir, variant) -> lm.LMRunner       prefill + one cached decode step
+  LM_VARIANTS / LM_DEFAULT_VARIANTS (optional)             when the decoder variants differ from VARIANTS;
+                                                           each precision must be a key of
+                                                           thresholds.LM_THRESHOLDS
 Modules are imported lazily: the validator image has no torch and no exporter toolchains.
 """
 
@@ -65,15 +73,30 @@ def _version() -> str:
     return __version__
 
 
-def parse_variants(module: ModuleType, spec: str | None) -> list[str]:
+def variants_of(module: ModuleType, family: str | None) -> tuple[dict[str, Variant], tuple[str, ...]]:
+    """(variants, defaults) the target writes for a model family (None: every family's, merged)."""
+    encoder = (module.VARIANTS, tuple(module.DEFAULT_VARIANTS))
+    decoder = (getattr(module, "LM_VARIANTS", module.VARIANTS),
+               tuple(getattr(module, "LM_DEFAULT_VARIANTS", module.DEFAULT_VARIANTS)))
+    if family == "causal-lm":
+        return decoder
+    if family is None:
+        merged = {**encoder[0], **{k: v for k, v in decoder[0].items() if k not in encoder[0]}}
+        return merged, encoder[1]
+    return encoder
+
+
+def parse_variants(module: ModuleType, spec: str | None, family: str | None = "sentence-encoder") -> list[str]:
+    known, defaults = variants_of(module, family)
     if not spec:
-        return list(module.DEFAULT_VARIANTS)
+        return list(defaults)
     names = [v.strip() for v in spec.split(",") if v.strip()]
-    unknown = [v for v in names if v not in module.VARIANTS]
+    unknown = [v for v in names if v not in known]
     if unknown or not names:
+        what = "" if family is None else f" for {family} models"
         raise ModelportError(
             f"unknown variant(s) {', '.join(unknown) or '(none given)'}; "
-            f"this target writes: {', '.join(module.VARIANTS)}"
+            f"this target writes{what}: {', '.join(known)}"
         )
     # Keep the registry's order (fp32 first: other variants derive from it), drop duplicates.
-    return [v for v in module.VARIANTS if v in names]
+    return [v for v in known if v in names]

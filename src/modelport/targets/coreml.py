@@ -68,7 +68,21 @@ VARIANTS: dict[str, Variant] = {
     )
 }
 DEFAULT_VARIANTS = tuple(VARIANTS)
-OPTIONS = ("shape",)  # target options accepted by `modelport convert` (--shape)
+# Decoder LLMs (coreml_lm.py): float32 compute with a float32-exact stateful KV cache; w8 / w4 are
+# block-wise (32) int8 / int4 weights. No fp16-compute variant yet: see coreml_lm's docstring.
+LM_VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("fp32", "fp32/model.mlpackage", "fp32", "float32 compute, float32-exact KV cache (three fp16 parts)"),
+        Variant("w8", "w8/model.mlpackage", "w8",
+                "float32 compute, int8 weights, symmetric, one scale per 32 inputs; float32-exact KV cache"),
+        Variant("w4", "w4/model.mlpackage", "w4",
+                "float32 compute, int4 weights, symmetric, one scale per 32 inputs; float32-exact KV cache"),
+    )
+}
+LM_DEFAULT_VARIANTS = tuple(LM_VARIANTS)
+# target options accepted by `modelport convert`: --shape (encoders), --context (decoders)
+OPTIONS = ("shape", "context")
 OUTPUT_NAMES = ("last_hidden_state", "sentence_embedding")
 
 SHAPE_MODES = ("fixed", "range", "enumerated")
@@ -174,7 +188,10 @@ def _default_enumerated(max_length: int) -> tuple[int, ...]:
 
 def adapt_recipe(recipe, options: dict[str, str]):
     """The recipe at the length the packages accept: a fixed [1, 128] model truncates at 128, so
-    the reference must be computed (and the tokenizer must truncate) at 128 too."""
+    the reference must be computed (and the tokenizer must truncate) at 128 too. Decoders take any
+    prompt length up to their context (coreml_lm), so their recipe is unchanged."""
+    if getattr(recipe.architecture, "is_decoder", False):
+        return recipe
     plan = parse_shape(options.get("shape"), recipe.max_length)
     if plan.max_length >= recipe.max_length:
         return recipe
@@ -401,10 +418,13 @@ def _package_bytes(package: Path) -> int:
     return sum(p.stat().st_size for p in package.rglob("*") if p.is_file())
 
 
-def convert(source, recipe, variants: list[str], out: Path, step: Step, shape: str | None = None) -> dict[str, Any]:
+def convert(source, recipe, variants: list[str], out: Path, step: Step, shape: str | None = None,
+            context: str | None = None) -> dict[str, Any]:
     """Write the requested variants under `out`; returns the target section of the manifest."""
     from ..layout import copy_model_files
 
+    if context:
+        raise ModelportError("--context applies to decoder LLMs; an encoder's length is set by --shape")
     plan = parse_shape(shape, recipe.max_length)
     if plan.max_length != recipe.max_length:
         raise ModelportError(f"recipe max_length {recipe.max_length} does not match {plan.describe()} (adapt_recipe)")
@@ -569,7 +589,12 @@ def runtime_versions() -> dict[str, str]:
 def runtime_notes(artifact: Path) -> list[str]:
     from .. import manifest
 
-    shape = manifest.load(artifact)["target"]["shape"]
+    target = manifest.load(artifact)["target"]
+    if target.get("kind") == "causal-lm":
+        from .coreml_lm import lm_runtime_notes
+
+        return lm_runtime_notes(target)
+    shape = target["shape"]
     rows = {
         "fixed": f"padded to {shape['lengths'][0]} tokens",
         "range": "at the case's own length",
@@ -584,3 +609,29 @@ def runtime_notes(artifact: Path) -> list[str]:
         notes.insert(0, "Core ML runtime not available: validated with the reference interpreter "
                         "(modelport.milinterp, NumPy; fp16 packages keep fp16 tensors between ops)")
     return notes
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoder LLMs (targets/coreml_lm.py): imported on use, so encoder conversions never load it.
+
+
+def convert_lm(source, recipe, variants: list[str], out: Path, step: Step, **options: Any) -> dict[str, Any]:
+    """Core ML decoder packages with a stateful KV cache (see coreml_lm)."""
+    from .coreml_lm import convert_lm as convert_decoder
+
+    return convert_decoder(source, recipe, variants, out, step, **options)
+
+
+def load_lm_runner(artifact: Path, variant: str):
+    """lm.LMRunner for one decoder variant, run by the reference interpreter."""
+    from .coreml_lm import load_lm_runner as load
+
+    return load(artifact, variant)
+
+
+def lm_extra_metrics(artifact: Path, variant: str, golden) -> dict[str, Any]:
+    """On macOS: the decoder golden comparison with MLModel.predict and an MLState (CPU_ONLY, then
+    ALL); {} elsewhere. `failures` in the result are gate failures to add to the variant's."""
+    from .coreml_lm import lm_extra_metrics as extra
+
+    return extra(artifact, variant, golden)

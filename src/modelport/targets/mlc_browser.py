@@ -8,6 +8,10 @@ the validation texts twice, one `embeddings.create` call each (WebLLM pads and b
     the tokenizer's own prefix/suffix tokens): gated the same way on texts that fit the max length;
     texts the reference truncated are reported, not gated (truncation cuts the wrapped suffix).
 
+A variant whose model record requires a WebGPU feature the adapter lacks (f16 requires
+`shader-f16`; Chromium's SwiftShader adapter has none) is reported "not run" with the adapter's
+features and WebLLM's own refusal (ShaderF16SupportError): a note, neither a pass nor a failure.
+
 `MODELPORT_MLC_BROWSER`: `auto` (default: run when Chromium and the npm packages are installed,
 otherwise say why not), `require` (missing prerequisites fail the variant), `off`.
 `MODELPORT_MLC_BROWSER_MAX_TOKENS` (default 64, `all` for no limit): only texts up to this many
@@ -145,6 +149,36 @@ def validate_in_chromium(artifact: Path, variant: str, golden) -> dict[str, Any]
         return {"webllm_chromium": {"status": "error", "reason": result["fatal"],
                                     "console_tail": result.get("console_tail", [])[-10:]},
                 "browser_failures": [f"WebLLM in Chromium failed: {result['fatal'][:300]}"]}
+    if "unsupported" in result:
+        return unsupported(result, variant)
     metrics, failures = compare(result, golden, VARIANTS[variant].precision, chosen)
     metrics["status"] = "pass" if not failures else "fail"
     return {"webllm_chromium": metrics, "browser_failures": failures}
+
+
+# The errors WebLLM 0.2.86 throws for a model record whose required_features the device lacks.
+FEATURE_ERRORS = ("ShaderF16SupportError", "FeatureSupportError")
+
+
+def unsupported(result: dict[str, Any], variant: str) -> dict[str, Any]:
+    """The adapter lacks a feature the variant requires (f16 needs shader-f16; SwiftShader has none).
+
+    Not a pass (nothing was computed) and not a failure of the artifact (the machine cannot run
+    it): "not run", with the adapter's features and WebLLM's own refusal as evidence. WebLLM
+    loading the variant anyway would mean the app config's required_features is not honoured:
+    that is a failure.
+    """
+    info = result["unsupported"]
+    missing, error = info["missing"], info.get("webllm_error")
+    adapter = result.get("adapter") or {}
+    arch = (adapter.get("info") or {}).get("architecture") or "no adapter"
+    check = {"status": f"not run: this Chromium's WebGPU adapter ({arch}) has no {', '.join(missing)}; "
+                       f"WebLLM refuses the variant ({(error or 'no error').split(':')[0]})",
+             "missing_features": missing, "webllm_error": error, "adapter": adapter,
+             "chromium": result.get("chromium")}
+    failures = []
+    if error is None:
+        failures.append(f"WebLLM loaded {variant} without {', '.join(missing)}: required_features not enforced")
+    elif not error.startswith(FEATURE_ERRORS):
+        failures.append(f"WebLLM failed on {variant} with an unexpected error: {error[:300]}")
+    return {"webllm_chromium": check, "browser_failures": failures}

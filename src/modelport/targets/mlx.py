@@ -20,6 +20,18 @@ Validation splits the two sources of error of a quantized variant: PyTorch is ru
 dequantized weights at conversion time (stored in reference/), so the validator reports the
 format's error (dequantized PyTorch vs fp32 PyTorch) apart from the runtime's (MLX vs dequantized
 PyTorch, which must agree to fp32 precision).
+
+Decoder LLMs (Llama, Qwen2, Qwen3, SmolLM3: `convert_lm` / `load_lm_runner`) get mlx-lm folders:
+
+    <out>/f32|f16|q8|q4/  config.json (+ top-level rope_theta/rope_scaling, + "quantization")
+                          model.safetensors (mlx-lm names, tied tables stored once)
+                          tokenizer.json tokenizer_config.json (chat template inline too)
+                          chat_template.jinja generation_config.json
+    <out>/reference/lm_golden_q8|q4.npz   PyTorch on the variant's dequantized weights (lm.py)
+
+Quantization follows mlx-lm's own rule (every layer with `to_quantized` whose input width is a
+multiple of the group size: all Linear layers, the embedding table and an untied lm_head), so the
+folder is what `mlx_lm.convert -q` would write, except that scales stay float32 as above.
 """
 
 from __future__ import annotations
@@ -48,6 +60,18 @@ VARIANTS: dict[str, Variant] = {
     )
 }
 DEFAULT_VARIANTS = tuple(VARIANTS)
+# Decoder LLMs: the same four folders; precisions are keys of thresholds.LM_THRESHOLDS (w8/w4 are
+# gated against PyTorch running the variant's own dequantized weights).
+LM_VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("f32", "f32/model.safetensors", "fp32", "float32 weights and compute"),
+        Variant("f16", "f16/model.safetensors", "fp16", "float16 weights, activations and KV cache"),
+        Variant("q8", "q8/model.safetensors", "w8", "8-bit group-wise affine weights (Linear, embedding, lm_head)"),
+        Variant("q4", "q4/model.safetensors", "w4", "4-bit group-wise affine weights (Linear, embedding, lm_head)"),
+    )
+}
+LM_DEFAULT_VARIANTS = tuple(LM_VARIANTS)
 BITS = {"q8": 8, "q4": 4}
 WEIGHTS = "model.safetensors"
 
@@ -266,3 +290,202 @@ def runtime_notes(artifact: Path) -> list[str]:
     if platform.system() == "Darwin":
         return []
     return ["MLX CPU backend (mlx[cpu]) on Linux: numerics validated; Apple GPU (Metal) kernels not exercised"]
+
+
+# --- decoder LLMs --------------------------------------------------------------------------------
+
+# Files a decoder folder carries next to its weights (those the checkpoint has). mlx-lm reads the
+# tokenizer through transformers, which takes the chat template from chat_template.jinja; it is
+# also written into tokenizer_config.json for loaders that only read that file (swift-transformers,
+# transformers.js).
+LM_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+            "chat_template.jinja", "chat_template.json", "generation_config.json")
+
+
+def _lm_quantizable(group_size: int) -> Callable[[str, Any], bool]:
+    """mlx-lm's rule (utils.quantize_model): every layer that can be quantized and whose input width
+    is a multiple of the group size: Linear layers, the embedding table, an untied lm_head."""
+
+    def predicate(path: str, module: Any) -> bool:
+        return hasattr(module, "to_quantized") and module.weight.shape[-1] % group_size == 0
+
+    return predicate
+
+
+def _load_causal_lm(source):
+    """The checkpoint as transformers loads it (fp32): the weights to convert, and the rotary
+    frequencies PyTorch really uses (checked against what the MLX config will say)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source.path, dtype=torch.float32, trust_remote_code=source.trust_remote_code,
+            use_safetensors=not any(p.suffix != ".safetensors" for p in source.weight_files))
+    except (OSError, ValueError) as e:
+        raise ModelportError(f"transformers could not load {source.path}: {str(e).splitlines()[0]}") from e
+    return model.eval()
+
+
+def lm_config(source_config: dict[str, Any], resolved_rope: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The config.json every variant folder gets, and notes on what changed and why.
+
+    `resolved_rope` is transformers' standardized `rope_parameters` (what the PyTorch reference
+    computes with). It is written in both spellings: `rope_parameters` for transformers 5, and
+    top-level `rope_theta` (+ `rope_scaling` for scaled types) for mlx-lm, which reads only those
+    and otherwise falls back to its own default (10000 for llama/smollm3, 1e6 for qwen2) silently.
+    """
+    cfg = dict(source_config)
+    notes = []
+    rope = {k: v for k, v in resolved_rope.items() if v is not None}
+    theta = rope.get("rope_theta")
+    top = cfg.get("rope_theta")
+    if top is None:
+        notes.append(f"rope_theta={theta} was only in rope_parameters (transformers 5): written at the top "
+                     "level too, where mlx-lm reads it")
+    elif float(top) != float(theta):
+        notes.append(f"config.json had rope_theta={top} at the top level but transformers uses {theta} "
+                     f"(rope_parameters): the folder says {theta} in both places")
+    cfg["rope_parameters"] = rope
+    cfg["rope_theta"] = theta
+    if rope.get("rope_type", "default") != "default":
+        cfg["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    else:
+        cfg.pop("rope_scaling", None)
+    return cfg, notes
+
+
+def _copy_lm_files(source_dir: Path, folder: Path) -> None:
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (source_dir / "tokenizer.json").is_file():
+        raise ModelportError(f"no tokenizer.json in {source_dir}: on-device clients need the fast tokenizer file")
+    for name in LM_FILES:
+        if (source_dir / name).is_file():
+            shutil.copyfile(source_dir / name, folder / name)
+    template = folder / "chat_template.jinja"
+    tok_cfg = read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
+    if template.is_file() and not tok_cfg.get("chat_template"):
+        tok_cfg["chat_template"] = template.read_text(encoding="utf-8")
+        write_json(folder / "tokenizer_config.json", tok_cfg)
+
+
+def lm_dequantized_weights(model) -> dict[str, np.ndarray]:
+    """The dequantized weights under PyTorch's parameter names (which are the MLX names).
+
+    With tied embeddings the one quantized table is both the embedding and the output projection
+    in MLX, so PyTorch's `lm_head.weight` gets the same dequantized matrix.
+    """
+    weights = dequantized_weights(model)
+    table = "model.embed_tokens.weight"
+    if model.args.tie_word_embeddings and table in weights:
+        weights["lm_head.weight"] = weights[table]
+    return weights
+
+
+def convert_lm(source, recipe, variants: list[str], out: Path, step: Step) -> dict[str, Any]:
+    """Write each decoder variant as an mlx-lm folder; for q8/q4 also the dequantized-weights golden."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from .. import lm
+    from ..mlx_models import llama
+
+    group = recipe.quant_group_size
+    if any(v in BITS for v in variants) and not group:
+        raise ModelportError(f"{source.name}: no group size divides the layer widths; write f32/f16 only")
+    step("load checkpoint weights (causal LM)")
+    torch_model = _load_causal_lm(source)
+    config, notes = lm_config(read_json(source.path / "config.json"), dict(torch_model.config.rope_parameters))
+    args = llama.Args.from_config(config)
+    # The rotary frequencies the MLX folder implies must be PyTorch's own, to float32 rounding (a
+    # misread rope base gives plausible text and wrong logits: 5-6 logits units on tiny models).
+    torch_inv = torch_model.model.rotary_emb.inv_freq.detach().float().numpy()
+    mlx_inv = args.rope.inv_freq(args.head_dim)
+    if torch_inv.shape != mlx_inv.shape or np.abs(torch_inv - mlx_inv).max() > 1e-7 * np.abs(torch_inv).max():
+        raise ModelportError(f"rotary frequencies differ from PyTorch's (rope settings {args.rope}): not converting")
+    state = {k: mx.array(v.detach().float().numpy()) for k, v in torch_model.state_dict().items()}
+    del torch_model
+    weights = llama.checkpoint_weights(state, config)
+    info: dict[str, Any] = {}
+    for name in variants:
+        step(f"write {name} ({LM_VARIANTS[name].description})")
+        model = llama.Model(config)
+        try:
+            model.load_weights(list(weights.items()), strict=True)
+        except ValueError as e:
+            raise ModelportError(f"checkpoint tensors do not fit the MLX {config['model_type']} model: {e}") from e
+        cfg = dict(config)
+        if name == "f16":
+            model.set_dtype(mx.float16)
+            cfg["torch_dtype"] = cfg["dtype"] = "float16"
+        elif name in BITS:
+            nn.quantize(model, group_size=group, bits=BITS[name], class_predicate=_lm_quantizable(group))
+            # mlx-lm writes both keys (`quantization_config` for Hugging Face tooling).
+            cfg["quantization"] = cfg["quantization_config"] = {"group_size": group, "bits": BITS[name],
+                                                                "mode": "affine"}
+        mx.eval(model.parameters())
+        folder = out / name
+        _copy_lm_files(source.path, folder)
+        write_json(folder / "config.json", cfg)
+        _save(model, folder / WEIGHTS)
+        info[name] = {"file": LM_VARIANTS[name].path, "precision": LM_VARIANTS[name].precision,
+                      "description": LM_VARIANTS[name].description}
+        if name in BITS:
+            step(f"reference: PyTorch with {name}'s dequantized weights")
+            golden = lm.compute_golden(source.path, state_dict=lm_dequantized_weights(model))
+            golden.save(out, lm.golden_name(name))
+            info[name]["dequantized_reference"] = f"{lm.REFERENCE_DIR}/{lm.golden_name(name)}.npz"
+            info[name]["quantization"] = cfg["quantization"]
+    return {"name": "mlx", "layout": "mlx-lm (config.json + model.safetensors + tokenizer per variant)",
+            "variants": info, "notes": notes,
+            "rope": {"rope_theta": args.rope.theta, "rope_type": args.rope.rope_type,
+                     "nope_layers": [i for i, r in enumerate(args.rope_layers) if not r]}}
+
+
+def load_lm_model(folder: Path):
+    """A decoder from a variant folder, the way mlx-lm loads one: build from config.json, quantize
+    the layers whose `.scales` the file holds, load every tensor strictly."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from ..mlx_models import llama
+
+    config = read_json(folder / "config.json")
+    model = llama.Model(config)
+    weights = mx.load(str(folder / WEIGHTS))
+    if "quantization" in config:
+        q = config["quantization"]
+        nn.quantize(model, group_size=q["group_size"], bits=q["bits"], mode=q.get("mode", "affine"),
+                    class_predicate=lambda p, m: f"{p}.scales" in weights)
+    model.load_weights(list(weights.items()), strict=True)
+    mx.eval(model.parameters())
+    return model
+
+
+class MLXLMRunner:
+    """lm.LMRunner over the MLX decoder: prefill, then one cached token per step."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def _run(self, ids: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        import mlx.core as mx
+
+        logits, cache = self.model(mx.array(np.asarray(ids, dtype=np.int32)), state)
+        logits = logits[0].astype(mx.float32)
+        mx.eval(logits, *cache.keys, *cache.values)  # materialize the cache: no graph grows across steps
+        return np.array(logits), cache
+
+    def prefill(self, input_ids: np.ndarray) -> tuple[np.ndarray, Any]:
+        return self._run(np.asarray(input_ids).reshape(1, -1), None)
+
+    def decode(self, state: Any, token: int) -> tuple[np.ndarray, Any]:
+        logits, cache = self._run(np.array([[token]]), state)
+        return logits[-1], cache
+
+
+def load_lm_runner(artifact: Path, variant: str) -> MLXLMRunner:
+    """The validator's entry point (lm.LMRunner): needs mlx only, not torch."""
+    return MLXLMRunner(load_lm_model(artifact / variant))

@@ -169,6 +169,10 @@ def load_runner(artifact: Path, variant: str, threads: int = 2) -> Runner:
     return run
 
 
+# Decoder LLMs (KV-cache graphs, transformers.js text-generation layout): targets/onnx_lm.py
+from .onnx_lm import LM_DEFAULT_VARIANTS, LM_VARIANTS, convert_lm, load_lm_runner  # noqa: E402,F401
+
+
 def runtime_versions() -> dict[str, str]:
     from importlib.metadata import version
 

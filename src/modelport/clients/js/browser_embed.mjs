@@ -4,6 +4,7 @@
 //
 // request.json: {model_dir, pooling, normalize, cases: [{name, texts}], runs: [{device, dtype, cases: [names]}], out,
 //                chromium, run_timeout_s}
+//           or, for decoders: {model_dir, task: 'text-generation', steps, prompts, runs: [{device, dtype}], ...}
 // Serves page.html, embed_core.mjs, transformers.js + the ONNX Runtime wasm files (from this folder's
 // node_modules) and the artifact from 127.0.0.1 with COOP/COEP headers (cross-origin isolation:
 // SharedArrayBuffer, threaded wasm). Drives the system Chromium (no browser download) through
@@ -28,7 +29,8 @@ const MOUNTS = [
   ['/node_modules/onnxruntime-web/dist/', path.join(HERE, 'node_modules/onnxruntime-web/dist')],
   [`/models/${modelId}/`, modelDir],
 ];
-const FILES = { '/': path.join(HERE, 'page.html'), '/harness/embed_core.mjs': path.join(HERE, 'embed_core.mjs') };
+const FILES = { '/': path.join(HERE, 'page.html'), '/harness/embed_core.mjs': path.join(HERE, 'embed_core.mjs'),
+  '/harness/generate_core.mjs': path.join(HERE, 'generate_core.mjs') };
 const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.json': 'application/json',
   '.wasm': 'application/wasm', '.onnx': 'application/octet-stream', '.txt': 'text/plain' };
 const CHROMIUM_FLAGS = [
@@ -112,7 +114,9 @@ async function runOne(browser, origin, index, run, timeoutMs) {
   return out;
 }
 
-const requestJson = JSON.stringify({ model_id: modelId, cases: req.cases, runs: req.runs, pooling: req.pooling, normalize: req.normalize });
+// task 'text-generation' (decoders: prompts + steps, generate_core.mjs) or the default feature extraction
+const requestJson = JSON.stringify({ model_id: modelId, task: req.task, prompts: req.prompts, steps: req.steps,
+  cases: req.cases, runs: req.runs, pooling: req.pooling, normalize: req.normalize });
 const server = await serve(requestJson);
 const origin = `http://127.0.0.1:${server.address().port}`;
 const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'modelport-chromium-'));

@@ -1,0 +1,37 @@
+// modelport client harness, Node: transformers.js text-generation (onnxruntime-node, CPU) on a local
+// decoder artifact.
+//
+//   node node_generate.mjs request.json
+//
+// request.json: {model_dir, steps, prompts: [{name, text, messages, add_special_tokens}],
+//                runs: [{device, dtype}], out}
+// Writes {client, versions, runs: [...]} (see generate_core.mjs) to `out`; progress goes to stderr.
+// Nothing is fetched from the network: remote models are off and the model is a local folder.
+import { pipeline, env } from '@huggingface/transformers';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { runGenerate } from './generate_core.mjs';
+
+const req = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
+const dir = path.resolve(req.model_dir);
+env.allowRemoteModels = false;
+env.allowLocalModels = true;
+env.useFSCache = false;
+env.localModelPath = path.dirname(dir) + path.sep;
+const modelId = path.basename(dir);
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const ortNode = JSON.parse(fs.readFileSync(path.join(HERE, 'node_modules/onnxruntime-node/package.json'), 'utf8')).version;
+const result = {
+  client: 'node',
+  versions: { node: process.version, 'transformers.js': env.version, 'onnxruntime-node': ortNode },
+  runs: [],
+};
+for (const run of req.runs) {
+  const t0 = performance.now();
+  const r = await runGenerate(pipeline, { modelId, device: run.device, dtype: run.dtype, prompts: req.prompts, steps: req.steps });
+  process.stderr.write(`node ${run.device} ${run.dtype}: ${r.status} (${((performance.now() - t0) / 1000).toFixed(1)}s)\n`);
+  result.runs.push(r);
+}
+fs.writeFileSync(req.out, JSON.stringify(result));

@@ -1,0 +1,207 @@
+"""Decoder LLMs on the ONNX target, end to end: `modelport convert tiny-<arch> --target onnx` exports a
+KV-cache graph, writes the variants, and validates token by token with onnxruntime (lm.evaluate_lm).
+
+One artifact per family, converted once per session. qwen3 gets all four variants (the clients test
+uses it); llama, qwen2 and smollm3 get fp32, fp16 and q4, which cover their quirks (untied / qkv
+bias / NoPE layers, tied embeddings with a 4-bit lm_head).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import pytest
+
+from modelport import lm, manifest
+from modelport.cli import main
+from modelport.fsutil import read_json
+from modelport.targets import onnx_lm
+
+from .conftest import convert
+
+FAMILIES = {
+    "llama": ("tiny-llama", "fp32,fp16,q4", "grouped-query-attention"),
+    "qwen2": ("tiny-qwen2", "fp32,fp16,q4", "qkv-bias"),
+    "qwen3": ("tiny-qwen3", "fp32,fp16,q4,q4f16", "qk-norm"),
+    "smollm3": ("tiny-smollm3", "fp32,fp16,q4", "nope-layers"),
+}
+
+
+@pytest.fixture(scope="session")
+def lm_artifact(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """family -> its converted artifact (converted on first use, once per session)."""
+    done: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in done:
+            model, variants, _ = FAMILIES[family]
+            out = tmp_path_factory.mktemp("lm") / model
+            assert convert(model, "--target", "onnx", "--variants", variants, "--out", str(out)) == 0
+            done[family] = out
+        return done[family]
+
+    return get
+
+
+@pytest.fixture(params=list(FAMILIES))
+def artifact(request: pytest.FixtureRequest, lm_artifact: Callable[[str], Path]) -> tuple[str, Path]:
+    return request.param, lm_artifact(request.param)
+
+
+@pytest.fixture()
+def qwen3(lm_artifact: Callable[[str], Path]) -> Path:
+    """The artifact with all four variants: negative checks and the real clients run on it."""
+    return lm_artifact("qwen3")
+
+
+def test_validation_passes_token_by_token(artifact: tuple[str, Path]) -> None:
+    family, out = artifact
+    man = manifest.load(out)
+    v = man["validation"]
+    assert v["status"] == "pass" and v["family"] == "causal-lm", v
+    fp32 = v["variants"]["fp32"]["metrics"]
+    assert max(fp32["prefill_max_abs"], fp32["step_max_abs"], fp32["kv_vs_full_max_abs"]) <= 1e-5
+    assert (fp32["greedy_equal"], fp32["greedy_total"]) == (80, 80)
+    fp16 = v["variants"]["fp16"]["metrics"]
+    assert fp16["greedy_equal"] == 80 and 0 < fp16["step_max_abs"] <= 0.05 * fp16["logit_scale"]
+    q4 = v["variants"]["q4"]
+    # gated against PyTorch on the dequantized weights; the distance to fp32 is real quantization error
+    assert q4["thresholds"]["reference"] == "dequantized"
+    assert q4["metrics"]["step_max_abs"] <= 1e-5 and q4["metrics"]["greedy_equal"] == 80
+    vs = q4["extra"]["vs_fp32"]
+    assert vs["step_max_abs"] > 0.05 and 0 <= vs["kl_mean"] < 0.05 and 0 < vs["top1_agreement"] <= 1
+    assert FAMILIES[family][2] in man["recipe"]["quirks"]
+
+
+def test_graph_has_the_transformers_js_kv_layout(artifact: tuple[str, Path]) -> None:
+    _, out = artifact
+    man = manifest.load(out)
+    r = man["recipe"]
+    model = onnx.load(str(out / "onnx/model.onnx"), load_external_data=False)
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in list(model.graph.input) + list(model.graph.output)}
+    layers = r["num_layers"]
+    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask", "position_ids"] + [
+        f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    assert [o.name for o in model.graph.output] == ["logits"] + [
+        f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    assert dims["past_key_values.0.key"] == ["batch_size", r["num_kv_heads"], "past_sequence_length", r["head_dim"]]
+    assert dims["present.0.value"] == ["batch_size", r["num_kv_heads"], "total_sequence_length", r["head_dim"]]
+    assert dims["logits"] == ["batch_size", "sequence_length", r["vocab_size"]]
+    assert man["target"]["export_check"]["export_example_logits_max_abs"] <= 1e-5
+
+
+def test_layout_carries_tokenizer_chat_template_and_config(artifact: tuple[str, Path]) -> None:
+    _, out = artifact
+    cfg = read_json(out / "config.json")
+    assert cfg["use_cache"] is True and cfg["rope_theta"] == cfg["rope_parameters"]["rope_theta"]
+    tok = read_json(out / "tokenizer_config.json")
+    assert "<|im_start|>" in tok["chat_template"] and tok["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert read_json(out / "generation_config.json")["eos_token_id"] == 2
+    golden = lm.LMGolden.load(out)
+    chat = [p for p in golden.prompts if p["chat"]]
+    assert len(chat) == 1 and chat[0]["text"].endswith("<|im_start|>assistant\n")
+    assert not chat[0]["add_special_tokens"]
+
+
+def test_tied_embeddings_policy_is_recorded_and_applied(artifact: tuple[str, Path]) -> None:
+    """4-bit variants quantize the lm_head MatMul and keep the embedding Gather in float."""
+    family, out = artifact
+    man = manifest.load(out)
+    tied = man["recipe"]["tie_word_embeddings"]
+    assert tied == (family != "llama")
+    assert man["target"]["tied_embeddings"].startswith("tied" if tied else "untied")
+    q4 = onnx.load(str(out / "onnx/model_q4.onnx"))
+    gathers = [n for n in q4.graph.node if n.op_type == "Gather" and n.input[1] == "input_ids"]
+    inits = {i.name: i for i in q4.graph.initializer}
+    assert len(gathers) == 1 and inits[gathers[0].input[0]].data_type == onnx.TensorProto.FLOAT
+    nbits = [n for n in q4.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 7 * man["recipe"]["num_layers"] + 1  # q k v o gate up down per layer + lm_head
+    assert not [n for n in q4.graph.node if n.op_type == "MatMul" and n.input[1] in inits]  # nothing left float
+    fp32 = onnx.load(str(out / "onnx/model.onnx"))
+    tables = [i for i in fp32.graph.initializer if len(i.dims) == 2 and man["recipe"]["vocab_size"] in i.dims]
+    assert len(tables) == (1 if tied else 2)  # tied: one table in the fp32 file
+    info = man["target"]["variants"]["q4"]["dequantized_reference"]
+    assert info["weights_replaced"] == len(nbits) == info["linear_layers"]
+
+
+def test_a_broken_kv_cache_is_caught(qwen3: Path) -> None:
+    """A runner that drops the past (decode sees only the new token at the right position) must fail
+    the cached-decode and KV-vs-full gates, while its prefill still matches."""
+    out = qwen3
+
+    class NoCache(onnx_lm.OrtLMRunner):
+        def decode(self, state, token):
+            past, past_len = state
+            logits, _ = self._run(np.array([[token]], dtype=np.int64), self.empty, 0)
+            return logits[-1], (past, past_len + 1)
+
+    golden = lm.LMGolden.load(out)
+    m = lm.evaluate_lm(golden, NoCache(out / "onnx/model.onnx"))
+    assert m.prefill_max_abs <= 1e-5 and m.step_max_abs > 0.1 and m.kv_vs_full_max_abs > 0.1
+    from modelport.thresholds import check_lm
+
+    assert len(check_lm("fp32", m)) >= 2
+
+
+def test_revalidation_and_a_missing_dequantized_golden(qwen3: Path, tmp_path: Path) -> None:
+    out = qwen3
+    assert main(["validate", str(out), "--variants", "fp32,q4f16"]) == 0
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "reference/lm_golden_q4.npz").unlink()
+    from modelport.validate import validate
+
+    report = validate(copy, ["q4"])
+    assert not report.passed and "dequantized-weights golden" in report.results[0].failures[0]
+
+
+# --- real clients: transformers.js text-generation ---------------------------------------------------
+
+
+def test_transformers_js_generates_the_python_tokens(qwen3: Path) -> None:
+    """Node (onnxruntime-node) for every variant of qwen3, Chromium wasm for fp32: tokenizer ids first,
+    then the pipeline's 16 greedy tokens per prompt against Python onnxruntime and the golden."""
+    out = qwen3
+    from modelport.clients import textgen
+
+    from .conftest import require_clients
+
+    require_clients(["node", "chromium-wasm"])
+    results = textgen.check(out, {"node": None, "chromium-wasm": ["fp32"]})
+    for name, entry in results.items():
+        assert entry["tokenizer"]["status"] == "match", entry["tokenizer"]
+        assert entry["status"] == "pass", {v: r["failures"] for v, r in entry["variants"].items()}
+        for variant, r in entry["variants"].items():
+            m = r["metrics"]
+            assert m["greedy_equal_python_ort"] == m["greedy_total"] == 80, (name, variant)
+    assert sorted(results["node"]["variants"]) == ["fp16", "fp32", "q4", "q4f16"]
+    # the chat prompt went through transformers.js's own chat-template rendering
+    chat = [p for p in results["node"]["variants"]["fp32"]["metrics"]["prompts"] if p["name"] == "chat"][0]
+    assert chat["equal_golden"] == 16
+
+
+def test_client_catches_a_tokenizer_mismatch(qwen3: Path, tmp_path: Path) -> None:
+    """A tokenizer.json that splits differently must fail on tokenizer parity, before any token check."""
+    out = qwen3
+    import json
+    import shutil
+
+    from modelport.clients import textgen
+
+    from .conftest import require_clients
+
+    require_clients(["node"])
+    copy = tmp_path / "tok"
+    shutil.copytree(out, copy)
+    tok = json.loads((copy / "tokenizer.json").read_text())
+    tok["model"]["merges"] = tok["model"]["merges"][: len(tok["model"]["merges"]) // 2]  # fewer merges
+    (copy / "tokenizer.json").write_text(json.dumps(tok))
+    entry = textgen.check(copy, {"node": ["fp32"]})["node"]
+    assert entry["status"] == "fail" and entry["tokenizer"]["status"] == "mismatch"
+    assert "not comparable" in entry["variants"]["fp32"]["failures"][0]
