@@ -45,6 +45,10 @@ def make(*targets: str, check: bool = True) -> subprocess.CompletedProcess:
 def engine():
     sh("scripts/docker-engine.sh", "start")
     yield
+    # Runs on the same machine reuse the BuildKit cache, but each new commit (SOURCE_DATE_EPOCH) adds
+    # a few GB of layers and leaves the previous normalized images dangling: bound both.
+    sh(DOCKER, "image", "prune", "-f", check=False)
+    sh(DOCKER, "builder", "prune", "-f", "--keep-storage", "20GB", check=False)
     sh("scripts/docker-engine.sh", "stop", check=False)
 
 
