@@ -146,7 +146,7 @@ def test_make_clients_runs_transformers_js_in_the_validator_image(images: dict[s
     clients = man["validation"]["clients"]
     assert set(clients) == {"node", "chromium-wasm"}
     for name, entry in clients.items():
-        assert {v: r["status"] for v, r in entry["variants"].items()} == {"fp32": "pass"}, name
+        assert {v: r["verdict"] for v, r in entry["variants"].items()} == {"fp32": "pass"}, name
         assert [m["text"] for m in entry["tokenizer"]["mismatches"]] == [46], (name, entry["tokenizer"])
     assert clients["chromium-wasm"]["versions"]["chromium"].startswith("Chrome/")
 
