@@ -305,52 +305,39 @@ class _torch_threads:
         torch.set_num_threads(self.old)
 
 
-def _build_llama_1b_shape(out: Path) -> None:
-    """Random Llama with Llama-3.2-1B's shape (hidden 2048, 16 layers, 32 heads / 8 KV heads, head_dim
-    64, vocab 128256, tied embeddings, llama3 rope scaling), with the tiny BPE tokenizer (its ids are
-    a subset of the vocabulary). Untrained: for timing and memory (scale benchmark), not accuracy."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
+def _llama_shape_builder(**dims: int) -> Callable[[Path], None]:
+    """A random, untrained Llama of a given shape (tied embeddings, llama3 rope scaling, head_dim 64),
+    with the tiny BPE tokenizer (its ids are a subset of any vocabulary here): for timing and memory
+    in the scale benchmark, not accuracy."""
 
-    tok = _lm_tokenizer()
-    cfg = LlamaConfig(
-        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-        num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,
-        rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=None, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
-                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-    )
-    torch.manual_seed(SEED)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    model.generation_config.do_sample = False
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    def build(out: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, LlamaConfig
+
+        tok = _lm_tokenizer()
+        cfg = LlamaConfig(
+            **dims, head_dim=64, max_position_embeddings=131072,
+            rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=None, eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        )
+        torch.manual_seed(SEED)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        model.generation_config.do_sample = False
+        model.generation_config.eos_token_id = tok.eos_token_id
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+
+    return build
 
 
-def _build_llama_100m_shape(out: Path) -> None:
-    """Random Llama of ~100M parameters in the style of `llama-3.2-1b-shape` (hidden 768, 12 layers,
-    12 heads / 4 KV heads, head_dim 64, intermediate 2048, vocab 32000, tied embeddings, llama3 rope
-    scaling), with the tiny BPE tokenizer. Untrained: the middle point of the scale benchmark."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    tok = _lm_tokenizer()
-    cfg = LlamaConfig(
-        vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-        num_attention_heads=12, num_key_value_heads=4, head_dim=64, max_position_embeddings=131072,
-        rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=None, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
-                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-    )
-    torch.manual_seed(SEED)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    model.generation_config.do_sample = False
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+# Llama-3.2-1B's shape (1.24B parameters, 5 GB fp32).
+_build_llama_1b_shape = _llama_shape_builder(vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+                                             num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8)
+# ~100M parameters: the middle point of the scale benchmark.
+_build_llama_100m_shape = _llama_shape_builder(vocab_size=32000, hidden_size=768, intermediate_size=2048,
+                                               num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4)
 
 
 LM_BUILDERS: dict[str, Callable[[Path], None]] = {
