@@ -48,6 +48,10 @@ RUN_ARGS = --rm --network none --user $(UID_GID) $(MODEL_MOUNT) \
 # Chromium (validator) needs more shared memory than Docker's 64 MB default.
 VALIDATOR_ARGS = --shm-size 1g
 comma := ,
+# PRUNE_BUILD_CACHE=1 drops BuildKit's cache after each image is normalized: the cache holds a second
+# copy of every raw layer, which a one-shot build (CI, a release) never reuses. Keep it (default) on a
+# machine that rebuilds often.
+PRUNE_BUILD_CACHE ?=
 SECRET_ARG := $(if $(CACERT),--secret id=cacert$(comma)src=$(CACERT),)
 VARIANTS_ARG := $(if $(VARIANTS),--variants $(VARIANTS),)
 
@@ -99,8 +103,8 @@ $(STAMPS)/image-%: images/%/Dockerfile images/%/requirements.lock $$(wildcard im
 	@mkdir -p $(@D)
 	DOCKER_BUILDKIT=1 $(DOCKER) build --network none $(SECRET_ARG) --build-arg BASE=$(BASE) \
 	  --build-arg SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) -f images/$*/Dockerfile -t modelport/$*:build .
-	$(PYTHON) scripts/normalize_image.py modelport/$*:build modelport/$*:$(VERSION) > $@.tmp
-	$(DOCKER) rmi modelport/$*:build >/dev/null
+	$(PYTHON) scripts/normalize_image.py --remove-source modelport/$*:build modelport/$*:$(VERSION) > $@.tmp
+	$(if $(filter 1,$(PRUNE_BUILD_CACHE)),$(DOCKER) builder prune -af >/dev/null)
 	mv $@.tmp $@
 
 $(addprefix image-,$(IMAGES)): image-%: $(STAMPS)/image-%

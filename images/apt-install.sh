@@ -29,6 +29,12 @@ apt-get $APT update
 # shellcheck disable=SC2046,SC2086
 DEBIAN_FRONTEND=noninteractive apt-get $APT install -y --no-install-recommends \
   $(sed 's/#.*//' "$SPEC")
+# dbus' postinst writes a random machine ID (/var/lib/dbus/machine-id, /etc/machine-id): the one
+# file whose content differs between two builds. Every container of an image shares the baked-in ID
+# anyway, so derive it from the lock: same packages, same ID; libdbus still finds a valid one.
+for f in /etc/machine-id /var/lib/dbus/machine-id; do
+  if [ -f "$f" ] && [ ! -L "$f" ]; then sha256sum "$LOCK" | cut -c1-32 > "$f"; fi
+done
 rm -rf "$REPO" /var/log/dpkg.log /var/log/apt /var/log/alternatives.log /var/cache/debconf/*-old \
   /var/lib/dpkg/*-old /var/cache/ldconfig/aux-cache /var/cache/fontconfig /var/lib/apt/lists/* \
   /var/cache/apt/*.bin

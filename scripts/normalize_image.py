@@ -7,7 +7,9 @@ every layer tar sorted by name, mtimes clamped to SOURCE_DATE_EPOCH, owner names
 atime/ctime removed; the config's timestamps set to SOURCE_DATE_EPOCH. The image ID is the sha256
 of the config, which now depends only on the layer contents and the config itself.
 
-    normalize_image.py SRC_IMAGE DST_TAG             re-normalize a built image (docker save/load)
+    normalize_image.py [--remove-source] SRC_IMAGE DST_TAG
+                                                     re-normalize a built image (docker save/load,
+                                                     streamed; --remove-source drops SRC before the load)
     normalize_image.py --rootfs ROOTFS.tar DST_TAG   import a root file system (like `docker import`)
 Prints the resulting image ID. Standard library only: it runs on the host before any venv exists.
 """
@@ -19,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -53,24 +56,36 @@ def normalize_layer(src: Path, dst: Path) -> str:
     return sha256_path(dst)
 
 
-def load_archive(tmp: Path, layers: list[tuple[str, Path]], config: dict, tag: str) -> str:
-    """Write a `docker load` archive (fixed entry order and times) and load it."""
+def load_archive(layers: list[tuple[str, Path]], config: dict, tag: str) -> str:
+    """Stream a `docker load` archive (fixed entry order and times) into the engine.
+
+    Nothing is written to disk on our side: each normalized layer file is deleted once sent, so the
+    peak is the normalized layers themselves, not those plus an archive copy."""
     raw = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
     image_id = hashlib.sha256(raw).hexdigest()
     manifest = [{"Config": f"{image_id}.json", "RepoTags": [tag],
                  "Layers": [f"{diff[7:]}/layer.tar" for diff, _ in layers]}]
-    archive = tmp / "image.tar"
-    with tarfile.open(archive, "w:") as t:
-        for name, data in ((f"{image_id}.json", raw), ("manifest.json", json.dumps(manifest).encode())):
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), EPOCH
-            t.addfile(info, io.BytesIO(data))
-        for diff, path in layers:
-            info = t.gettarinfo(str(path), arcname=f"{diff[7:]}/layer.tar")
-            info.mtime, info.uname, info.gname = EPOCH, "", ""
-            with open(path, "rb") as f:
-                t.addfile(info, f)
-    subprocess.run([DOCKER, "load", "-i", str(archive)], check=True, stdout=subprocess.DEVNULL)
+    load = subprocess.Popen([DOCKER, "load"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        with tarfile.open(fileobj=load.stdin, mode="w|") as t:
+            for name, data in ((f"{image_id}.json", raw), ("manifest.json", json.dumps(manifest).encode())):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime = len(data), EPOCH
+                t.addfile(info, io.BytesIO(data))
+            sent: set[str] = set()
+            for diff, path in layers:
+                if diff in sent:  # the same layer twice in one image (e.g. two identical empty layers)
+                    continue
+                sent.add(diff)
+                info = t.gettarinfo(str(path), arcname=f"{diff[7:]}/layer.tar")
+                info.mtime, info.uname, info.gname = EPOCH, "", ""
+                with open(path, "rb") as f:
+                    t.addfile(info, f)
+                path.unlink()
+    finally:
+        load.stdin.close()
+    if load.wait() != 0:
+        raise SystemExit(f"docker load failed ({load.returncode})")
     return f"sha256:{image_id}"
 
 
@@ -86,43 +101,63 @@ def from_rootfs(rootfs: Path, tag: str, tmp: Path) -> str:
         "rootfs": {"type": "layers", "diff_ids": [diff]},
         "history": [{"created": CREATED, "created_by": "debootstrap --variant=minbase bookworm (modelport base)"}],
     }
-    return load_archive(tmp, [(diff, layer)], config, tag)
+    return load_archive([(diff, layer)], config, tag)
 
 
-def from_image(src: str, tag: str, tmp: Path) -> str:
-    saved = tmp / "saved.tar"
-    subprocess.run([DOCKER, "save", "-o", str(saved), src], check=True)
-    unpacked = tmp / "saved"
-    unpacked.mkdir()
-    with tarfile.open(saved) as t:
-        t.extractall(unpacked, filter="tar")
-    saved.unlink()
-    entry = json.loads((unpacked / "manifest.json").read_text())[0]
-    config = json.loads((unpacked / entry["Config"]).read_text())
-    layers = []
-    for i, name in enumerate(entry["Layers"]):
-        out = tmp / f"layer{i}.tar"
-        layers.append((normalize_layer(unpacked / name, out), out))
-        (unpacked / name).unlink()
+def read_saved(src: str, tmp: Path) -> tuple[dict, dict, list[tuple[str, Path]]]:
+    """Read `docker save SRC` as a stream, normalizing each layer as it arrives.
+
+    Only one raw layer is ever on disk (sorting a layer's members needs random access); the
+    archive itself is never stored. Returns (manifest entry, config, [(diff id, normalized file)])
+    in the manifest's layer order."""
+    save = subprocess.Popen([DOCKER, "save", src], stdout=subprocess.PIPE)
+    small: dict[str, bytes] = {}
+    normalized: dict[str, tuple[str, Path]] = {}
+    links: dict[str, str] = {}
+    with tarfile.open(fileobj=save.stdout, mode="r|") as t:
+        for m in t:
+            if m.issym():  # a layer saved twice is a symlink to the first copy
+                links[m.name] = os.path.normpath(os.path.join(os.path.dirname(m.name), m.linkname))
+            elif m.isreg() and m.name.endswith("/layer.tar"):
+                spool = tmp / "spool.tar"
+                with open(spool, "wb") as f:
+                    shutil.copyfileobj(t.extractfile(m), f, 1 << 20)
+                out = tmp / f"layer{len(normalized)}.tar"
+                normalized[m.name] = (normalize_layer(spool, out), out)
+                spool.unlink()
+            elif m.isreg() and m.name.endswith(".json"):
+                small[m.name] = t.extractfile(m).read()
+    if save.wait() != 0:
+        raise SystemExit(f"docker save {src} failed ({save.returncode})")
+    entry = json.loads(small["manifest.json"])[0]
+    config = json.loads(small[entry["Config"]])
+    return entry, config, [normalized[links.get(name, name)] for name in entry["Layers"]]
+
+
+def from_image(src: str, tag: str, tmp: Path, remove_source: bool = False) -> str:
+    entry, config, layers = read_saved(src, tmp)
+    if remove_source:  # before the load: the raw and the normalized image never coexist
+        subprocess.run([DOCKER, "rmi", src], check=True, stdout=subprocess.DEVNULL)
     config["created"] = CREATED
     for h in config.get("history", []):
         h["created"] = CREATED
     for key in ("container", "container_config", "docker_version"):
         config.pop(key, None)
     config["rootfs"] = {"type": "layers", "diff_ids": [d for d, _ in layers]}
-    return load_archive(tmp, layers, config, tag)
+    return load_archive(layers, config, tag)
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 3 and argv[0] == "--rootfs":
-        fn, src, tag = from_rootfs, Path(argv[1]), argv[2]
-    elif len(argv) == 2:
-        fn, src, tag = from_image, argv[0], argv[1]
-    else:
-        print(__doc__, file=sys.stderr)
-        return 2
+    remove_source = "--remove-source" in argv
+    argv = [a for a in argv if a != "--remove-source"]
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", "/tmp")) as tmp:
-        print(fn(src, tag, Path(tmp)))
+        if len(argv) == 3 and argv[0] == "--rootfs":
+            print(from_rootfs(Path(argv[1]), argv[2], Path(tmp)))
+        elif len(argv) == 2:
+            print(from_image(argv[0], argv[1], Path(tmp), remove_source))
+        else:
+            print(__doc__, file=sys.stderr)
+            return 2
     return 0
 
 

@@ -132,3 +132,24 @@ def test_normalized_layers_do_not_depend_on_mtimes(tmp_path: Path, monkeypatch) 
                 t.addfile(info, io.BytesIO(b"abc"))
         digests.append(mod.normalize_layer(src, tmp_path / f"dst{i}.tar"))
     assert digests[0] == digests[1]
+
+
+def test_diff_images_indexes_what_identifies_a_file(tmp_path: Path) -> None:
+    """scripts/diff_images.py names differing files by content, not by mtime or member order."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("diff_images", ROOT / "scripts/diff_images.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    indexes = []
+    for i, machine_id in enumerate((b"aaaa", b"aaaa", b"bbbb")):
+        src = tmp_path / f"layer{i}.tar"
+        with tarfile.open(src, "w:") as t:
+            for name, data in (("etc/machine-id", machine_id), ("usr/bin/x", b"same")):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime = len(data), 1_800_000_000 + i
+                t.addfile(info, io.BytesIO(data))
+        with open(src, "rb") as f:
+            indexes.append(mod.layer_index(f))
+    assert indexes[0] == indexes[1]  # only the mtime differs
+    assert [p for p in indexes[0] if indexes[0][p] != indexes[2][p]] == ["etc/machine-id"]
