@@ -205,3 +205,17 @@ def test_client_catches_a_tokenizer_mismatch(qwen3: Path, tmp_path: Path) -> Non
     entry = textgen.check(copy, {"node": ["fp32"]})["node"]
     assert entry["status"] == "fail" and entry["tokenizer"]["status"] == "mismatch"
     assert "not comparable" in entry["variants"]["fp32"]["failures"][0]
+
+
+def test_external_weights_leave_no_stale_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above 2 GB a graph's weights live in <file>_data beside it (forced here with a 0-byte
+    threshold on the tiny Llama: the fp32 export and the untied copy the 4-bit file is quantized
+    from both get one). A q4-only artifact keeps only the q4 file (the quantizer writes it whole,
+    as at 1B: 1.8 GB): removing only the graphs once left 11 GB of their weights in the 1B scale
+    model's q4 artifact."""
+    monkeypatch.setattr(onnx_lm, "EXTERNAL_DATA_BYTES", 0)
+    out = tmp_path / "llama"
+    assert convert("tiny-llama", "--target", "onnx", "--variants", "q4", "--out", str(out)) == 0
+    assert sorted(p.name for p in (out / "onnx").iterdir()) == ["model_q4.onnx"]
+    assert "use_external_data_format" not in read_json(out / "config.json").get("transformers.js_config", {})
+    assert read_json(out / "manifest.json")["validation"]["status"] == "pass"

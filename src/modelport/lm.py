@@ -175,39 +175,48 @@ def render_prompt(tokenizer, prompt: Prompt) -> tuple[str, bool, bool]:
     return text, True, False
 
 
-def _load_causal_lm(model_dir: Path, state_dict: dict[str, np.ndarray] | None):
+def _load_causal_lm(model_dir: Path, state_dict: dict[str, np.ndarray] | None, dtype=None):
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
     model.eval()
     if state_dict:
-        replace_weights(model, state_dict)
-    return model
+        replace_weights(model, state_dict, dtype or torch.float32)
+    return model.to(dtype) if dtype is not None else model
 
 
-def replace_weights(model, state_dict: dict[str, np.ndarray]) -> None:
-    """Put `state_dict`'s arrays into the model, one parameter at a time.
+def replace_weights(model, state_dict: dict[str, np.ndarray], dtype=None) -> None:
+    """Move `state_dict`'s arrays into the model (as `dtype`), one parameter at a time.
 
+    The dict is consumed: each array is dropped once its parameter is replaced, so at no point do
+    the checkpoint's weights, the replacement arrays and the new (float64: twice the size) weights
+    all exist at once. At 1.2B parameters that is the difference between ~16 GB and > 24 GB (the
+    MLX q4 golden of the 1B scale model was OOM-killed before).
     Each replaced parameter gets its own new tensor: with tied embeddings, replacing
     `lm_head.weight` by its dequantized 4-bit value must not also change the (unquantized)
     embedding table it was tied to, because the quantized artifact keeps the two apart.
+    The value goes through float32 first (what the artifact stores), then to `dtype`.
     """
     import torch
 
+    dtype = dtype or torch.float32
     params = dict(model.named_parameters(remove_duplicate=False))
     unknown = sorted(set(state_dict) - set(params))
     if unknown:
         raise KeyError(f"replacement weights not in the PyTorch model: {unknown[:5]}")
-    for name, value in state_dict.items():
-        old = params[name]
+    for name in list(state_dict):
+        value = state_dict.pop(name)
+        old = params.pop(name)
         if tuple(old.shape) != tuple(value.shape):
             raise ValueError(f"{name}: replacement shape {tuple(value.shape)} != model {tuple(old.shape)}")
+        del old
         owner_name, _, attr = name.rpartition(".")
         owner = model.get_submodule(owner_name)
-        new = torch.nn.Parameter(torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)).clone(),
-                                 requires_grad=False)
-        setattr(owner, attr, new)
+        tensor = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+        tensor = tensor.clone() if dtype == torch.float32 else tensor.to(dtype)
+        del value
+        setattr(owner, attr, torch.nn.Parameter(tensor, requires_grad=False))
 
 
 def compute_golden(model_dir: Path, state_dict: dict[str, np.ndarray] | None = None,
@@ -217,7 +226,7 @@ def compute_golden(model_dir: Path, state_dict: dict[str, np.ndarray] | None = N
 
     The main golden runs in float32: it is what users compare against (fp32 PyTorch).
     With `state_dict` (names as in the PyTorch model, e.g. the dequantized weights of a 4-bit
-    variant), those weights replace the checkpoint's: the result is what the artifact's weights
+    variant; the dict is consumed to bound peak memory), those weights replace the checkpoint's: the result is what the artifact's weights
     compute, so the runtime's own error is separated from the quantization error. That golden runs
     in float64: its gate (1e-5) measures a float32 runtime's rounding, and a float32 reference adds
     its own, in either direction (measured: Core ML's interpreter on SmolLM3 w4 was 5.1e-6 from the
@@ -230,9 +239,9 @@ def compute_golden(model_dir: Path, state_dict: dict[str, np.ndarray] | None = N
 
     model_dir = Path(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = _load_causal_lm(model_dir, state_dict)
     dtype = torch.float64 if state_dict else torch.float32
-    model = model.to(dtype)
+    weights_replaced = bool(state_dict)
+    model = _load_causal_lm(model_dir, state_dict, dtype)  # consumes state_dict (peak memory)
     cfg = model.config
     eos = eos_list(model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None
                    else cfg.eos_token_id)
@@ -274,7 +283,7 @@ def compute_golden(model_dir: Path, state_dict: dict[str, np.ndarray] | None = N
         "eos_token_id": eos,
         "steps": steps,
         "prompts": metas,
-        "weights": "replaced (dequantized)" if state_dict else "checkpoint",
+        "weights": "replaced (dequantized)" if weights_replaced else "checkpoint",
         "runtime": {"torch": torch.__version__, "transformers": transformers.__version__,
                     "attn_implementation": "eager", "dtype": str(dtype).removeprefix("torch.")},
         # no run time here: the golden is part of the artifact, which must rebuild byte for byte

@@ -438,12 +438,12 @@ def convert_lm(source: Any, recipe: Any, variants: list[str], out: Path, step: S
             "ops": milinterp.op_counts(package),
         }
         if name in QUANT_BITS:
-            step(f"reference: PyTorch fp32 on the {name} weights read back from the package")
+            step(f"reference: PyTorch (float64) on the {name} weights read back from the package")
             weights = dequantized_weights(package, model)
-            golden = compute_golden(Path(source.path), state_dict=weights)
+            entry["dequantized_parameters"] = len(weights)
+            golden = compute_golden(Path(source.path), state_dict=weights)  # consumes weights
             golden.save(out, golden_name(name))
             entry["reference"] = f"reference/{golden_name(name)}.npz"
-            entry["dequantized_parameters"] = len(weights)
         info[name] = entry
     files = copy_lm_files(source, out, ctx)
     return {

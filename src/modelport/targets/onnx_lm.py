@@ -416,6 +416,15 @@ def write_lm_layout(source, recipe, out: Path, external: dict[str, int]) -> list
     return written
 
 
+def remove_onnx(path: Path) -> None:
+    """Remove an ONNX file and its external weights (<file>_data), if any.
+
+    Above 2 GB the weights live beside the graph: removing only the graph left 11 GB of stale
+    weights (the fp32 export and the untied copy) in the 1B scale model's q4-only artifact."""
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + "_data").unlink(missing_ok=True)
+
+
 def _external_chunks(out: Path, variants: list[str]) -> dict[str, int]:
     """{file name: 1} for each variant whose weights live in <file>_data (transformers.js config)."""
     return {Path(LM_VARIANTS[v].path).name: 1 for v in variants
@@ -447,17 +456,17 @@ def convert_lm(source, recipe, variants: list[str], out: Path, step: Step) -> di
             untie_lm_head(path["fp32"], untied["q4"])
         names = linear_weight_names(untied["q4"], source)
         for v in quantized:
-            step(f"reference: PyTorch fp32 on {v}'s dequantized weights")
+            step(f"reference: PyTorch (float64) on {v}'s dequantized weights")
             weights = dequantized_weights(path[v], names)
-            compute_golden(source.path, state_dict=weights).save(out, golden_name(v))
             dequant[v] = {"golden": f"reference/{golden_name(v)}.npz", "weights_replaced": len(weights),
                           "linear_layers": len(names)}
+            compute_golden(source.path, state_dict=weights).save(out, golden_name(v))  # consumes weights
     for tmp in untied.values():
-        tmp.unlink(missing_ok=True)
+        remove_onnx(tmp)
     if "fp16" not in variants and need_fp16:
-        path["fp16"].unlink()
+        remove_onnx(path["fp16"])
     if "fp32" not in variants:
-        path["fp32"].unlink()
+        remove_onnx(path["fp32"])
     external = _external_chunks(out, variants)
     write_lm_layout(source, recipe, out, external)
     return {
