@@ -163,3 +163,25 @@ def test_help_explains_every_option(capsys) -> None:
     for opt in ("--target", "--variants", "--out", "--force", "--allow-pickle", "--trust-remote-code",
                 "--skip-validation"):
         assert opt in text
+
+
+def test_client_plan_refuses_what_transformers_js_would_not_load(tmp_path: Path) -> None:
+    """Both client checks (embeddings, text generation) go through harness.plan before running
+    anything: unknown clients, non-ONNX artifacts, missing variants and files where transformers.js
+    would not look for that dtype are refused by name."""
+    from modelport.clients.harness import plan
+    from modelport.errors import ModelportError
+
+    files = {"fp32": "onnx/model.onnx", "q4": "onnx/model_q4.onnx"}
+    variants = {"fp32": {"file": "onnx/model.onnx"}, "q4": {"file": "onnx/model_4bit.onnx"}}
+    (tmp_path / "manifest.json").write_text(json.dumps({"target": {"name": "onnx", "variants": variants}}))
+    with pytest.raises(ModelportError, match="unknown client\\(s\\) safari for decoders; available: node"):
+        plan(tmp_path, {"safari": None}, ["node"], files, " for decoders")
+    with pytest.raises(ModelportError, match="variant 'fp16' is not in this artifact \\(fp32, q4\\)"):
+        plan(tmp_path, {"node": ["fp16"]}, ["node"], files)
+    with pytest.raises(ModelportError, match="'q4' is at onnx/model_4bit.onnx, but transformers.js loads dtype "
+                                             "'q4' from onnx/model_q4.onnx"):
+        plan(tmp_path, {"node": None}, ["node"], files)
+    (tmp_path / "manifest.json").write_text(json.dumps({"target": {"name": "mlx", "variants": variants}}))
+    with pytest.raises(ModelportError, match="loads ONNX artifacts; this artifact's target is 'mlx'"):
+        plan(tmp_path, {"node": ["fp32"]}, ["node"], files)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from modelport import lint, lm
-from modelport.errors import ModelportError
 from modelport.recipes import ARCHITECTURES, CAUSAL_LM, lm_recipe_for, recipe_for
 from modelport.thresholds import LM_THRESHOLDS, check_lm
 

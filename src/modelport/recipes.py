@@ -107,6 +107,18 @@ DECODER_TARGETS = ("onnx", "mlx", "coreml")
 # KV-cache graph inputs besides past_key_values.N.key/value (transformers.js text-generation names)
 DECODER_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
+
+
+def _decoder(model_type: str, causal_lm_class: str, *quirks: Quirk,
+             targets: tuple[str, ...] = DECODER_TARGETS) -> Architecture:
+    """A decoder LLM entry. Every family here takes the KV-cache inputs (DECODER_INPUTS) and has
+    grouped-query attention, (possibly) tied embeddings and transformers 5 rope_parameters; the
+    arguments are what sets one family apart: its class, its own quirks, and (Phi-3) fewer targets."""
+    return Architecture(model_type=model_type, family=CAUSAL_LM, inputs=DECODER_INPUTS, default_pooling="none",
+                        quirks=(GQA, TIED_EMBEDDINGS, ROPE_PARAMETERS, *quirks), targets=targets,
+                        causal_lm_class=causal_lm_class)
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     a.model_type: a
     for a in (
@@ -139,52 +151,12 @@ ARCHITECTURES: dict[str, Architecture] = {
                 ),
             ),
         ),
-        # --- decoder LLMs -------------------------------------------------------------------------
-        Architecture(
-            model_type="llama",
-            family=CAUSAL_LM,
-            inputs=DECODER_INPUTS,
-            default_pooling="none",
-            quirks=(GQA, TIED_EMBEDDINGS, ROPE_PARAMETERS),
-            targets=DECODER_TARGETS,
-            causal_lm_class="LlamaForCausalLM",
-        ),
-        Architecture(
-            model_type="qwen2",
-            family=CAUSAL_LM,
-            inputs=DECODER_INPUTS,
-            default_pooling="none",
-            quirks=(GQA, TIED_EMBEDDINGS, ROPE_PARAMETERS, QKV_BIAS),
-            targets=DECODER_TARGETS,
-            causal_lm_class="Qwen2ForCausalLM",
-        ),
-        Architecture(
-            model_type="qwen3",
-            family=CAUSAL_LM,
-            inputs=DECODER_INPUTS,
-            default_pooling="none",
-            quirks=(GQA, TIED_EMBEDDINGS, ROPE_PARAMETERS, QK_NORM),
-            targets=DECODER_TARGETS,
-            causal_lm_class="Qwen3ForCausalLM",
-        ),
-        Architecture(
-            model_type="smollm3",
-            family=CAUSAL_LM,
-            inputs=DECODER_INPUTS,
-            default_pooling="none",
-            quirks=(GQA, TIED_EMBEDDINGS, ROPE_PARAMETERS, NOPE_LAYERS),
-            targets=DECODER_TARGETS,
-            causal_lm_class="SmolLM3ForCausalLM",
-        ),
-        Architecture(
-            model_type="phi3",
-            family=CAUSAL_LM,
-            inputs=DECODER_INPUTS,
-            default_pooling="none",
-            quirks=(GQA, TIED_EMBEDDINGS, ROPE_PARAMETERS, FUSED_PROJECTIONS),
-            targets=("onnx",),
-            causal_lm_class="Phi3ForCausalLM",
-        ),
+        # --- decoder LLMs: shared conventions in _decoder, what differs named per family -------------
+        _decoder("llama", "LlamaForCausalLM"),
+        _decoder("qwen2", "Qwen2ForCausalLM", QKV_BIAS),
+        _decoder("qwen3", "Qwen3ForCausalLM", QK_NORM),
+        _decoder("smollm3", "SmolLM3ForCausalLM", NOPE_LAYERS),
+        _decoder("phi3", "Phi3ForCausalLM", FUSED_PROJECTIONS, targets=("onnx",)),
     )
 }
 

@@ -20,7 +20,6 @@ import numpy as np
 
 from .. import manifest as manifest_mod
 from .. import validation_set
-from ..errors import ModelportError
 from ..reference import Golden
 from ..report import VERDICT_TEXT
 from ..thresholds import THRESHOLDS
@@ -28,11 +27,11 @@ from . import compare
 from .harness import (
     CLIENTS,
     JS_DIR,
-    SETUP_HINT,
     CaseOutput,
     build_request,
     decode_cases,
     missing_prerequisites,
+    plan,
     run_program,
 )
 
@@ -65,20 +64,6 @@ def quick_cases(golden: Golden) -> list[str]:
     if batches:
         names.append(min(batches, key=lambda c: len(c["lengths"]) * max(c["lengths"]))["name"])
     return names
-
-
-def _check_layout(man: dict[str, Any], variants: list[str]) -> None:
-    target = man["target"]
-    if target["name"] != "onnx":
-        raise ModelportError(f"clients run transformers.js, which loads ONNX artifacts; this artifact's target "
-                             f"is {target['name']!r}")
-    for name in variants:
-        if name not in target["variants"]:
-            raise ModelportError(f"variant {name!r} is not in this artifact ({', '.join(target['variants'])})")
-        want = TRANSFORMERS_JS_FILES.get(name)
-        if want != target["variants"][name]["file"]:
-            raise ModelportError(f"variant {name!r} is at {target['variants'][name]['file']}, but transformers.js "
-                                 f"loads dtype {name!r} from {want or 'no file (unknown dtype)'}")
 
 
 class OrtReference:
@@ -193,15 +178,7 @@ def check(root: Path, clients: dict[str, list[str] | None], quick: Collection[st
     Clients named in `quick` run the quick subset of the golden cases (quick_cases) instead of all.
     """
     root = Path(root)
-    man = manifest_mod.load(root)
-    unknown = [c for c in clients if c not in CLIENTS]
-    if unknown:
-        raise ModelportError(f"unknown client(s) {', '.join(unknown)}; available: {', '.join(CLIENTS)}")
-    plans = {c: list(v or man["target"]["variants"]) for c, v in clients.items()}
-    _check_layout(man, [v for vs in plans.values() for v in vs])
-    missing = missing_prerequisites(list(clients))
-    if missing:
-        raise ModelportError(f"cannot run {', '.join(clients)}: {'; '.join(missing)}; {SETUP_HINT}")
+    man, plans = plan(root, clients, CLIENTS, TRANSFORMERS_JS_FILES)
     golden = Golden.load(root)
     all_cases = [c["name"] for c in golden.cases]
     ort = OrtReference(root)

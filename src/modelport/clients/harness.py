@@ -17,10 +17,12 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any, Callable
 
 import numpy as np
 
+from .. import manifest as manifest_mod
 from ..errors import ModelportError
 from ..reference import Golden
 
@@ -138,3 +140,30 @@ def run_program(program: str, request: dict[str, Any], timeout: float,
             why = f"killed after {timeout:.0f}s" if rc == -9 else f"exit code {rc}"
             raise ModelportError(f"{program} failed ({why}): " + " | ".join(tail[-12:]))
         return json.loads(out_path.read_text(encoding="utf-8"))
+
+
+def plan(root: Path, clients: dict[str, list[str] | None], available: Collection[str], files: dict[str, str],
+         kind: str = "") -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """What a client check settles before it runs anything (embeddings and text generation alike):
+    the clients are known, each one's variants ({name: variants, None = all the artifact has}) are in
+    the artifact at the file transformers.js loads for that dtype (`files`), and the clients'
+    prerequisites are installed. Returns (manifest, {client: variants})."""
+    man = manifest_mod.load(root)
+    unknown = [c for c in clients if c not in available]
+    if unknown:
+        raise ModelportError(f"unknown client(s) {', '.join(unknown)}{kind}; available: {', '.join(available)}")
+    plans = {c: list(v or man["target"]["variants"]) for c, v in clients.items()}
+    target = man["target"]
+    if target["name"] != "onnx":
+        raise ModelportError(f"clients run transformers.js, which loads ONNX artifacts; this artifact's target "
+                             f"is {target['name']!r}")
+    for name in dict.fromkeys(v for vs in plans.values() for v in vs):
+        if name not in target["variants"]:
+            raise ModelportError(f"variant {name!r} is not in this artifact ({', '.join(target['variants'])})")
+        if files.get(name) != target["variants"][name]["file"]:
+            raise ModelportError(f"variant {name!r} is at {target['variants'][name]['file']}, but transformers.js "
+                                 f"loads dtype {name!r} from {files.get(name, 'no file (unknown dtype)')}")
+    missing = missing_prerequisites(list(clients))
+    if missing:
+        raise ModelportError(f"cannot run {', '.join(clients)}: {'; '.join(missing)}; {SETUP_HINT}")
+    return man, plans

@@ -23,11 +23,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import manifest as manifest_mod
-from ..errors import ModelportError
 from ..lm import LMGolden, golden_name, runner_greedy
 from ..thresholds import LM_THRESHOLDS
-from .harness import CLIENTS, SETUP_HINT, chromium_path, missing_prerequisites, run_program
+from .harness import CLIENTS, chromium_path, plan, run_program
 
 Progress = Callable[[str], Any]
 
@@ -35,19 +33,6 @@ Progress = Callable[[str], Any]
 PROGRAMS = {"node": "node_generate.mjs", "chromium-wasm": "browser_embed.mjs", "chromium-webgpu": "browser_embed.mjs"}
 TEXTGEN_FILES = {"fp32": "onnx/model.onnx", "fp16": "onnx/model_fp16.onnx", "q4": "onnx/model_q4.onnx",
                  "q4f16": "onnx/model_q4f16.onnx"}
-
-
-def _check_layout(man: dict[str, Any], variants: list[str]) -> None:
-    target = man["target"]
-    if target["name"] != "onnx":
-        raise ModelportError(f"clients run transformers.js, which loads ONNX artifacts; this artifact's target "
-                             f"is {target['name']!r}")
-    for name in variants:
-        if name not in target["variants"]:
-            raise ModelportError(f"variant {name!r} is not in this artifact ({', '.join(target['variants'])})")
-        if TEXTGEN_FILES.get(name) != target["variants"][name]["file"]:
-            raise ModelportError(f"variant {name!r} is at {target['variants'][name]['file']}, but transformers.js "
-                                 f"loads dtype {name!r} from {TEXTGEN_FILES.get(name, 'no file (unknown dtype)')}")
 
 
 def build_request(root: Path, golden: LMGolden, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -159,15 +144,7 @@ def check(root: Path, clients: dict[str, list[str] | None], progress: Progress |
     from . import client_status
 
     root = Path(root)
-    man = manifest_mod.load(root)
-    unknown = [c for c in clients if c not in PROGRAMS]
-    if unknown:
-        raise ModelportError(f"unknown client(s) {', '.join(unknown)} for decoders; available: {', '.join(PROGRAMS)}")
-    plans = {c: list(v or man["target"]["variants"]) for c, v in clients.items()}
-    _check_layout(man, [v for vs in plans.values() for v in vs])
-    missing = missing_prerequisites(list(clients))
-    if missing:
-        raise ModelportError(f"cannot run {', '.join(clients)}: {'; '.join(missing)}; {SETUP_HINT}")
+    man, plans = plan(root, clients, PROGRAMS, TEXTGEN_FILES, " for decoders")
     golden = LMGolden.load(root)
     goldens = {}
     for v in {v for vs in plans.values() for v in vs}:

@@ -69,7 +69,7 @@ import numpy as np
 from .. import milinterp
 from ..errors import ModelportError
 from . import coreml
-from .coreml import (LM_DEFAULT_VARIANTS, LM_VARIANTS, MACOS, _package_bytes, _quiet, normalize_package,
+from .coreml import (LM_VARIANTS, MACOS, _package_bytes, _quiet, normalize_package,
                      read_model_card)
 
 
