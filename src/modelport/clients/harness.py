@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import chromium
 from .. import manifest as manifest_mod
 from ..errors import ModelportError
 from ..reference import Golden
@@ -32,7 +33,7 @@ SETUP_HINT = "run scripts/setup-clients.sh"
 
 def chromium_path() -> Path:
     """The system Chromium (Debian package); MODELPORT_CHROMIUM overrides it."""
-    return Path(os.environ.get("MODELPORT_CHROMIUM", "/usr/bin/chromium"))
+    return chromium.path()
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,8 @@ def build_request(root: Path, golden: Golden, case_names: list[str], runs: list[
              for c in golden.cases if c["name"] in case_names]
     return {"model_dir": str(Path(root).resolve()), "pooling": golden.meta["pooling"],
             "normalize": bool(golden.meta["normalize"]), "cases": cases, "runs": runs,
-            "chromium": str(chromium_path()), "run_timeout_s": 900}
+            "chromium": str(chromium_path()),
+            "chromium_flags": list(chromium.FLAGS), "run_timeout_s": 900}
 
 
 def run_program(program: str, request: dict[str, Any], timeout: float,

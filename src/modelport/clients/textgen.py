@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import chromium
 from ..lm import LMGolden, golden_name, runner_greedy
 from ..thresholds import LM_THRESHOLDS
 from .harness import CLIENTS, chromium_path, plan, run_program
@@ -39,7 +40,8 @@ def build_request(root: Path, golden: LMGolden, runs: list[dict[str, Any]]) -> d
     prompts = [{"name": p["name"], "text": p["text"], "messages": p.get("messages"),
                 "add_special_tokens": bool(p.get("add_special_tokens", True))} for p in golden.prompts]
     return {"model_dir": str(Path(root).resolve()), "task": "text-generation", "steps": golden.steps,
-            "prompts": prompts, "runs": runs, "chromium": str(chromium_path()), "run_timeout_s": 900}
+            "prompts": prompts, "runs": runs, "chromium": str(chromium_path()),
+            "chromium_flags": list(chromium.FLAGS), "run_timeout_s": 900}
 
 
 class OrtTokens:

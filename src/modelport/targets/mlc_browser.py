@@ -31,12 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from .. import chromium
 from ..fsutil import read_json
 from ..metrics import cosine_rows
 from ..reference import sentence_embeddings
 from ..thresholds import THRESHOLDS
 
-CHROMIUM = os.environ.get("MODELPORT_CHROMIUM", "/usr/bin/chromium")
 TIMEOUT_S = 900
 DEFAULT_MAX_TOKENS = 64
 
@@ -47,8 +47,8 @@ def missing_prerequisites() -> list[str]:
     missing = []
     if not shutil.which("node"):
         missing.append("node is not installed")
-    if not os.access(CHROMIUM, os.X_OK):
-        missing.append(f"no Chromium at {CHROMIUM}")
+    if not os.access(chromium.path(), os.X_OK):
+        missing.append(f"no Chromium at {chromium.path()}")
     for pkg in ("@mlc-ai/web-llm", "puppeteer-core"):
         if not (JS / "node_modules" / pkg).is_dir():
             missing.append(f"npm package {pkg} is not installed in {JS}")
@@ -78,7 +78,7 @@ def request(artifact: Path, variant: str, golden, chosen: list[int]) -> dict[str
     texts = golden.meta["texts"]
     return {"artifact": str(artifact.resolve()), "model_id": f"{_model_name(artifact)}-{variant}",
             "ids": [ids[i] for i in chosen], "texts": [f"{pre} {texts[i]} {suf}".strip() for i in chosen],
-            "chromium": CHROMIUM, "timeout_s": TIMEOUT_S}
+            "chromium": str(chromium.path()), "chromium_flags": list(chromium.FLAGS), "timeout_s": TIMEOUT_S}
 
 
 def run_chromium(req: dict[str, Any]) -> dict[str, Any]:

@@ -33,12 +33,6 @@ const FILES = { '/': path.join(HERE, 'page.html'), '/harness/embed_core.mjs': pa
   '/harness/generate_core.mjs': path.join(HERE, 'generate_core.mjs') };
 const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.json': 'application/json',
   '.wasm': 'application/wasm', '.onnx': 'application/octet-stream', '.txt': 'text/plain' };
-const CHROMIUM_FLAGS = [
-  '--headless=new', '--no-sandbox', '--enable-unsafe-webgpu', '--enable-unsafe-swiftshader', '--enable-features=Vulkan',
-  '--use-angle=swiftshader', '--use-webgpu-adapter=swiftshader', '--disable-background-networking',
-  '--disable-component-update', '--no-first-run', '--disable-sync', '--disable-quic', '--disable-default-apps',
-  '--disable-extensions', '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
-];
 
 /** Installed version of a harness dependency (read from disk: not every package exports package.json). */
 function pkgVersion(name) {
@@ -125,7 +119,7 @@ let browser;
 try {
   browser = await puppeteer.launch({
     executablePath: req.chromium || '/usr/bin/chromium', headless: true, ignoreDefaultArgs: ['--headless'],
-    args: [...CHROMIUM_FLAGS, `--user-data-dir=${profile}`], protocolTimeout: (req.run_timeout_s || 600) * 1000 + 60000,
+    args: [...req.chromium_flags, `--user-data-dir=${profile}`], protocolTimeout: (req.run_timeout_s || 600) * 1000 + 60000,
   });
   result.versions = {
     chromium: await browser.version(), 'puppeteer-core': pkgVersion('puppeteer-core'),

@@ -20,14 +20,6 @@ const MOUNTS = [
 ];
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript",
   ".json": "application/json", ".wasm": "application/wasm", ".txt": "text/plain" };
-// Debian's headless Chromium gets a WebGPU adapter only through SwiftShader (Vulkan on CPU).
-const CHROMIUM_FLAGS = [
-  "--headless=new", "--no-sandbox", "--enable-unsafe-webgpu", "--enable-unsafe-swiftshader",
-  "--enable-features=Vulkan", "--use-angle=swiftshader", "--use-webgpu-adapter=swiftshader",
-  "--disable-vulkan-surface", "--disable-background-networking", "--disable-component-update",
-  "--no-first-run", "--disable-sync", "--disable-quic", "--disable-extensions",
-  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-];
 
 function resolveUrl(urlPath) {
   if (urlPath === "/" || urlPath === "/check.html") return path.join(HERE, "webllm_check.html");
@@ -66,7 +58,7 @@ let browser;
 try {
   browser = await puppeteer.launch({
     executablePath: req.chromium || "/usr/bin/chromium", headless: true, ignoreDefaultArgs: ["--headless"],
-    args: [...CHROMIUM_FLAGS, `--user-data-dir=${profile}`], protocolTimeout: (req.timeout_s || 600) * 1000 + 60000,
+    args: [...req.chromium_flags, `--user-data-dir=${profile}`], protocolTimeout: (req.timeout_s || 600) * 1000 + 60000,
   });
   result.chromium = await browser.version();
   const page = await browser.newPage();
