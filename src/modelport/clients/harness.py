@@ -50,7 +50,7 @@ class Client:
 CLIENTS: dict[str, Client] = {
     c.name: c
     for c in (
-        Client("node", "node_embed.mjs", "cpu", ("@huggingface/transformers",), False),
+        Client("node", "node_run.mjs", "cpu", ("@huggingface/transformers",), False),
         Client("chromium-webgpu", "browser_embed.mjs", "webgpu", ("@huggingface/transformers", "puppeteer-core"), True),
         Client("chromium-wasm", "browser_embed.mjs", "wasm", ("@huggingface/transformers", "puppeteer-core"), True),
     )

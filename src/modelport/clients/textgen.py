@@ -31,7 +31,7 @@ from .harness import CLIENTS, chromium_path, plan, run_program
 Progress = Callable[[str], Any]
 
 # client name -> harness program for decoders (the encoder programs are in harness.CLIENTS)
-PROGRAMS = {"node": "node_generate.mjs", "chromium-wasm": "browser_embed.mjs", "chromium-webgpu": "browser_embed.mjs"}
+PROGRAMS = {"node": "node_run.mjs", "chromium-wasm": "browser_embed.mjs", "chromium-webgpu": "browser_embed.mjs"}
 TEXTGEN_FILES = {"fp32": "onnx/model.onnx", "fp16": "onnx/model_fp16.onnx", "q4": "onnx/model_q4.onnx",
                  "q4f16": "onnx/model_q4f16.onnx"}
 

@@ -1,6 +1,6 @@
 // One variant of a modelport ONNX artifact through transformers.js's `feature-extraction` pipeline.
 //
-// Shared by the Node harness (node_embed.mjs) and the browser page (page.html), so both clients run
+// Shared by the Node harness (node_run.mjs) and the browser page (page.html), so both clients run
 // exactly the same code; only how `pipeline` is imported differs. The caller configures `env`
 // (remote loading off, local model path, local wasm files) before calling runVariant.
 //

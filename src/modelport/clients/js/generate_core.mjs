@@ -1,6 +1,6 @@
 // One variant of a modelport decoder artifact through transformers.js's `text-generation` pipeline.
 //
-// Shared by the Node harness (node_generate.mjs) and the browser page (page.html), so both run the
+// Shared by the Node harness (node_run.mjs) and the browser page (page.html), so both run the
 // same code. Each golden prompt goes through the real pipeline call users make: a plain prompt as
 // a string, the chat prompt as messages (the pipeline renders the chat template itself). Greedy,
 // `max_new_tokens` = `min_new_tokens` = steps: transformers.js's MinNewTokensLengthLogitsProcessor
