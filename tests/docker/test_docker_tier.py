@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import SUMMARY
+
 ROOT = Path(__file__).resolve().parents[2]
 # Debian's docker.io client (BuildKit built in), which the engine fixture installs when missing.
 # Resolved here as a fixed path, not by looking at PATH at import time: before the fixture runs, the
@@ -79,7 +81,7 @@ class DiskWatch:
 
 
 @pytest.fixture(scope="module")
-def engine(pytestconfig):
+def engine():
     sh("scripts/docker-engine.sh", "start")
     watch = DiskWatch()
     yield
@@ -87,11 +89,7 @@ def engine(pytestconfig):
     # previous normalized images dangling: bound both images and BuildKit's cache.
     sh(DOCKER, "image", "prune", "-f", check=False)
     sh(DOCKER, "builder", "prune", "-f", "--keep-storage", "5GB", check=False)
-    report = watch.stop()
-    reporter = pytestconfig.pluginmanager.getplugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line("")
-        reporter.write_line(report)
+    SUMMARY.append(watch.stop())
     sh("scripts/docker-engine.sh", "stop", check=False)
 
 
