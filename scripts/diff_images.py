@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
-import os
-import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
-DOCKER = os.environ.get("DOCKER", "docker")
+sys.path.insert(0, str(Path(__file__).parent))
+from normalize_image import read_saved  # noqa: E402  (the same docker-save reader)
+
 Entry = tuple  # (type, mode, uid, gid, size, linkname, sha256)
 
 
@@ -42,23 +42,8 @@ def layer_index(fileobj) -> dict[str, Entry]:
 
 def read_image(image: str) -> tuple[list[str], list[dict[str, Entry]]]:
     """(diff ids, per-layer index) in the image's layer order."""
-    save = subprocess.Popen([DOCKER, "save", image], stdout=subprocess.PIPE)
-    small: dict[str, bytes] = {}
-    indexes: dict[str, dict[str, Entry]] = {}
-    links: dict[str, str] = {}
-    with tarfile.open(fileobj=save.stdout, mode="r|") as t:
-        for m in t:
-            if m.issym():
-                links[m.name] = os.path.normpath(os.path.join(os.path.dirname(m.name), m.linkname))
-            elif m.isreg() and m.name.endswith("/layer.tar"):
-                indexes[m.name] = layer_index(t.extractfile(m))
-            elif m.isreg() and m.name.endswith(".json"):
-                small[m.name] = t.extractfile(m).read()
-    if save.wait() != 0:
-        raise SystemExit(f"docker save {image} failed")
-    entry = json.loads(small["manifest.json"])[0]
-    config = json.loads(small[entry["Config"]])
-    return config["rootfs"]["diff_ids"], [indexes[links.get(n, n)] for n in entry["Layers"]]
+    _, config, indexes = read_saved(image, lambda stream, _index: layer_index(stream))
+    return config["rootfs"]["diff_ids"], indexes
 
 
 def main(argv: list[str]) -> int:

@@ -27,9 +27,11 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import IO, Callable, TypeVar
 
 DOCKER = os.environ.get("DOCKER", "docker")
 EPOCH = int(os.environ.get("SOURCE_DATE_EPOCH", "1700000000"))
+T = TypeVar("T")
 CREATED = dt.datetime.fromtimestamp(EPOCH, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -104,38 +106,44 @@ def from_rootfs(rootfs: Path, tag: str, tmp: Path) -> str:
     return load_archive([(diff, layer)], config, tag)
 
 
-def read_saved(src: str, tmp: Path) -> tuple[dict, dict, list[tuple[str, Path]]]:
-    """Read `docker save SRC` as a stream, normalizing each layer as it arrives.
-
-    Only one raw layer is ever on disk (sorting a layer's members needs random access); the
-    archive itself is never stored. Returns (manifest entry, config, [(diff id, normalized file)])
-    in the manifest's layer order."""
+def read_saved(src: str, per_layer: Callable[[IO[bytes], int], T]) -> tuple[dict, dict, list[T]]:
+    """Read `docker save SRC` as a stream; `per_layer(layer tar stream, index)` handles each layer
+    as it arrives (the archive itself is never stored). Returns (manifest entry, config, per_layer's
+    results in the manifest's layer order). Also used by scripts/diff_images.py."""
     save = subprocess.Popen([DOCKER, "save", src], stdout=subprocess.PIPE)
     small: dict[str, bytes] = {}
-    normalized: dict[str, tuple[str, Path]] = {}
+    results: dict[str, T] = {}
     links: dict[str, str] = {}
     with tarfile.open(fileobj=save.stdout, mode="r|") as t:
         for m in t:
             if m.issym():  # a layer saved twice is a symlink to the first copy
                 links[m.name] = os.path.normpath(os.path.join(os.path.dirname(m.name), m.linkname))
             elif m.isreg() and m.name.endswith("/layer.tar"):
-                spool = tmp / "spool.tar"
-                with open(spool, "wb") as f:
-                    shutil.copyfileobj(t.extractfile(m), f, 1 << 20)
-                out = tmp / f"layer{len(normalized)}.tar"
-                normalized[m.name] = (normalize_layer(spool, out), out)
-                spool.unlink()
+                results[m.name] = per_layer(t.extractfile(m), len(results))
             elif m.isreg() and m.name.endswith(".json"):
                 small[m.name] = t.extractfile(m).read()
     if save.wait() != 0:
         raise SystemExit(f"docker save {src} failed ({save.returncode})")
     entry = json.loads(small["manifest.json"])[0]
     config = json.loads(small[entry["Config"]])
-    return entry, config, [normalized[links.get(name, name)] for name in entry["Layers"]]
+    return entry, config, [results[links.get(name, name)] for name in entry["Layers"]]
+
+
+def normalized_layers(tmp: Path) -> Callable[[IO[bytes], int], tuple[str, Path]]:
+    """per_layer for read_saved: spool the raw layer (sorting its members needs random access; only
+    one raw layer is ever on disk), write it normalized; returns (diff id, normalized file)."""
+    def normalize(stream: IO[bytes], index: int) -> tuple[str, Path]:
+        spool, out = tmp / "spool.tar", tmp / f"layer{index}.tar"
+        with open(spool, "wb") as f:
+            shutil.copyfileobj(stream, f, 1 << 20)
+        diff = normalize_layer(spool, out)
+        spool.unlink()
+        return diff, out
+    return normalize
 
 
 def from_image(src: str, tag: str, tmp: Path, remove_source: bool = False) -> str:
-    entry, config, layers = read_saved(src, tmp)
+    entry, config, layers = read_saved(src, normalized_layers(tmp))
     if remove_source:  # before the load: the raw and the normalized image never coexist
         subprocess.run([DOCKER, "rmi", src], check=True, stdout=subprocess.DEVNULL)
     config["created"] = CREATED
