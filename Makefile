@@ -15,13 +15,33 @@ CACERT ?=
 PYTHON ?= python3
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1700000000)
-export SOURCE_DATE_EPOCH DOCKER
+# docker-compose.yml names its images modelport/<service>:${MODELPORT_VERSION}: compose run from a
+# recipe gets pyproject's version (by hand: MODELPORT_VERSION=$(make -s version) docker compose ...).
+MODELPORT_VERSION := $(VERSION)
+export SOURCE_DATE_EPOCH DOCKER MODELPORT_VERSION
 
+# The toolchains: each one is an image modelport/<t>:$(VERSION), an image-<t> target and a conversion
+# target `make <t>` (convert MODEL with --target <t>, validate in the validator image). Adding one is
+# one word here plus images/<t>/requirements.{in,lock}: it is built from images/toolchain/Dockerfile
+# (TOOLCHAIN=<t>) unless it has its own images/<t>/Dockerfile (mlc: Debian packages too).
 TOOLCHAINS := onnx coreml mlx mlc
-IMAGES := onnx validator coreml mlx mlc
+IMAGES := $(TOOLCHAINS) validator
+# `make help` line of each conversion target (optional).
+describe.onnx := same as webgpu (the onnx toolchain image)
+describe.coreml := MODEL -> Core ML .mlpackage, validated
+describe.mlx := MODEL -> MLX safetensors, validated
+describe.mlc := MODEL -> MLC/WebLLM package (WebGPU + wasm32), validated in Node and Chromium
+describe = $(or $(describe.$(1)),MODEL -> $(1) in the $(1) toolchain image, validated)
+# The Dockerfile an image is built from: its own, else the template (given TOOLCHAIN=<name>).
+dockerfile = $(or $(wildcard images/$(1)/Dockerfile),images/toolchain/Dockerfile)
+toolchain_arg = $(if $(wildcard images/$(1)/Dockerfile),,--build-arg TOOLCHAIN=$(1))
+# The downloaded inputs an image's build mounts: wheels always, Debian packages where it has an
+# apt.lock, npm tarballs for the validator (Node + the harnesses).
+houses = $(STAMPS)/wheelhouse $(if $(wildcard images/$(1)/apt.lock),$(STAMPS)/debhouse) \
+  $(if $(filter validator,$(1)),$(STAMPS)/npmhouse)
 STAMPS := build/stamps
 WHEEL := build/dist/modelport-$(VERSION)-py3-none-any.whl
-NPM_LOCKS := src/modelport/clients/js/package-lock.json src/modelport/targets/mlc_js/package-lock.json images/node/package-lock.json
+NPM_LOCKS := src/modelport/clients/js/package-lock.json src/modelport/targets/mlc/js/package-lock.json images/node/package-lock.json
 SRC := $(shell find src -name '*.py' -o -name '*.md' 2>/dev/null) pyproject.toml README.md
 UID_GID := $(shell id -u):$(shell id -g)
 
@@ -58,7 +78,12 @@ VARIANTS_ARG := $(if $(VARIANTS),--variants $(VARIANTS),)
 .PHONY: help
 help: ## list targets
 	@echo "modelport $(VERSION) — make targets (MODEL=$(MODEL), BASE=$(BASE))"
-	@grep -hE '^[a-z][a-zA-Z0-9_-]*:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@{ grep -hE '^[a-z][a-zA-Z0-9_-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'; \
+	   $(foreach t,$(TOOLCHAINS),printf '  %-16s %s\n' '$(t)' '$(call describe,$(t))';) } | sort
+
+.PHONY: version
+version: ## print modelport's version (pyproject.toml), which tags the images
+	@echo $(VERSION)
 
 # ---------------------------------------------------------------- inputs of the image builds
 .PHONY: base wheelhouse debhouse npmhouse lock lock-apt dist
@@ -97,12 +122,14 @@ $(WHEEL): $(SRC)
 images: $(addprefix image-,$(IMAGES)) ## build every toolchain image + the validator
 
 # Each image: hermetic build (no network), then normalized so its ID depends only on content.
+# The first prerequisite is the Dockerfile actually used (its own or the template), hence -f $<.
 .SECONDEXPANSION:
-$(STAMPS)/image-%: images/%/Dockerfile images/%/requirements.lock $$(wildcard images/$$*/apt.*) images/apt-install.sh \
-    $(WHEEL) $(STAMPS)/wheelhouse $(STAMPS)/debhouse $(STAMPS)/npmhouse
+$(STAMPS)/image-%: $$(call dockerfile,$$*) images/%/requirements.lock $$(wildcard images/$$*/apt.*) images/apt-install.sh \
+    $(WHEEL) $$(call houses,$$*)
 	@mkdir -p $(@D)
 	DOCKER_BUILDKIT=1 $(DOCKER) build --network none $(SECRET_ARG) --build-arg BASE=$(BASE) \
-	  --build-arg SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) -f images/$*/Dockerfile -t modelport/$*:build .
+	  --build-arg SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) --build-arg VERSION=$(VERSION) $(call toolchain_arg,$*) \
+	  -f $< -t modelport/$*:build .
 	$(PYTHON) scripts/normalize_image.py --remove-source modelport/$*:build modelport/$*:$(VERSION) > $@.tmp
 	$(if $(filter 1,$(PRUNE_BUILD_CACHE)),$(DOCKER) builder prune -af >/dev/null)
 	mv $@.tmp $@
@@ -114,12 +141,10 @@ image-digests: ## print the content-derived ID of every built image
 	  else printf '%-10s %s\n' $$i "(not built)"; fi; done
 
 # ---------------------------------------------------------------- conversions
-.PHONY: webgpu onnx coreml mlx mlc clients validate all
+.PHONY: webgpu $(TOOLCHAINS) clients validate all
 webgpu: onnx ## MODEL -> ONNX for transformers.js/WebGPU, validated in the validator image
-onnx: $(STAMPS)/$(MODEL_NAME)-onnx.validated ## same as webgpu (the onnx toolchain image)
-coreml: $(STAMPS)/$(MODEL_NAME)-coreml.validated ## MODEL -> Core ML .mlpackage, validated
-mlx: $(STAMPS)/$(MODEL_NAME)-mlx.validated ## MODEL -> MLX safetensors, validated
-mlc: $(STAMPS)/$(MODEL_NAME)-mlc.validated ## MODEL -> MLC/WebLLM package (WebGPU + wasm32), validated in Node and Chromium
+# One conversion target per toolchain (`make help` lists them with describe.<t>).
+$(TOOLCHAINS): %: $(STAMPS)/$(MODEL_NAME)-%.validated
 
 # Convert in the toolchain image (no validation there), then validate in the validator image.
 # The stamp is written only when validation passes, so a failed run is redone next time.
@@ -144,24 +169,29 @@ validate: ## re-validate every artifact of MODEL in the validator image
 	@test -d $(ART) || { echo "error: no artifacts for $(MODEL_NAME) in $(ART)" >&2; exit 2; }
 	@for d in $(ART)/*/; do $(DOCKER) run $(RUN_ARGS) $(VALIDATOR_ARGS) modelport/validator:$(VERSION) validate /artifacts/$(MODEL_NAME)/$$(basename $$d) || exit 1; done
 
-all: webgpu coreml mlx mlc ## every target for MODEL
+all: $(TOOLCHAINS) ## every target for MODEL
 
 # ---------------------------------------------------------------- tests and housekeeping
-.PHONY: setup test test-native test-docker clean clean-images
+.PHONY: setup test test-unit test-native test-docker clean clean-images
 setup: ## create .venv with the native toolchains (torch CPU, ONNX, Core ML, MLX, TVM) + browser clients
 	./scripts/setup-native.sh
 	./scripts/setup-clients.sh
 	./scripts/setup-mlc.sh
 
-test-native: setup ## fast tier: unit + conversion tests, no Docker
-	.venv/bin/python -m pytest -q
+# Three tiers; scripts/tier.sh prints each one's wall time and rc ("tier unit: 84 s (rc 0)").
+PYTEST := .venv/bin/python -m pytest -q
+test-unit: ## unit tier: tests/unit, no conversions beyond tiny models (needs .venv, not a full setup)
+	@test -x .venv/bin/python || { echo "error: no .venv/bin/python: run 'make setup' first" >&2; exit 2; }
+	scripts/tier.sh unit $(PYTEST) tests/unit
+
+test-native: setup ## integration tier: real conversions, runtimes and clients, no Docker
+	scripts/tier.sh native $(PYTEST) tests --ignore=tests/unit --ignore=tests/docker
 
 test-docker: setup ## Docker tier: engine, base, images, `make webgpu` end to end, reproducibility
-	MODELPORT_DOCKER_TESTS=1 .venv/bin/python -m pytest -q tests/docker
+	scripts/tier.sh docker env MODELPORT_DOCKER_TESTS=1 $(PYTEST) tests/docker
 
-test: setup ## both tiers (what CI runs)
-	.venv/bin/python -m pytest -q
-	MODELPORT_DOCKER_TESTS=1 .venv/bin/python -m pytest -q tests/docker
+# Prerequisites run in this order (setup once), and make stops at the first tier that fails.
+test: setup test-unit test-native test-docker ## setup, then the unit, native and Docker tiers (what CI runs)
 
 clean: ## remove artifacts/, build/ and stamps (images stay; see clean-images)
 	rm -rf artifacts build

@@ -65,27 +65,28 @@ def main() -> None:
 
     from importlib.metadata import version
 
-    from modelport import reference, targets
+    from modelport import reference
     from modelport.recipes import recipe_for
     from modelport.source import resolve
-    from modelport.targets import coreml
+    from modelport.targets.coreml import encoder as coreml
+    from modelport.targets.registry import parse_variants
     from modelport.validate import validate
 
-    options = {"shape": args.shape} if args.shape else {}
-    variants = targets.parse_variants(coreml, args.variants)
+    variants = parse_variants(coreml.CoreMLEncoder, args.variants)
     source = resolve(args.model)
-    recipe = coreml.adapt_recipe(recipe_for(source.path, source.config), options)
+    recipe = coreml.adapt_recipe(recipe_for(source.path, source.config), args.shape)
     work = Path(tempfile.mkdtemp(prefix="mp-coreml-bench-"))
     clock = StepClock()
     clock("reference (PyTorch fp32, golden set)")
     reference.compute(source, recipe).save(work)
-    info = coreml.convert(source, recipe, variants, work, clock, **options)
+    target = coreml.convert(source, recipe, variants, work, clock, shape=args.shape)
+    info = target.to_json()
     clock.stop()
 
     from modelport import manifest
 
     manifest.save(work, manifest.build(work, command=sys.argv, source=source.to_json(), recipe=recipe.to_json(),
-                                       target=info))
+                                       target=target))
     report = validate(work)
     print(f"model {args.model}, shape {info['shape']['text']}, {os.cpu_count()} cpus, python "
           f"{sys.version.split()[0]}, coremltools {version('coremltools')}, torch {version('torch')}")

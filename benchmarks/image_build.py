@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import time
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,9 +37,14 @@ def main() -> None:
     epoch = subprocess.run(["git", "log", "-1", "--format=%ct"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     env = {"DOCKER_BUILDKIT": "1", "SOURCE_DATE_EPOCH": epoch, "DOCKER": DOCKER}
     print(f"{'image':10s} {'cold':>8s} {'warm':>8s} {'norm':>8s} {'size':>9s}  id")
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     for name in args.images:
+        # As the Makefile builds it: the image's own Dockerfile, else the toolchain template.
+        own = ROOT / "images" / name / "Dockerfile"
+        dockerfile = ["-f", f"images/{name}/Dockerfile"] if own.is_file() else [
+            "-f", "images/toolchain/Dockerfile", "--build-arg", f"TOOLCHAIN={name}"]
         build = [DOCKER, "build", "--network", "none", "--build-arg", f"BASE={args.base}",
-                 "--build-arg", f"SOURCE_DATE_EPOCH={epoch}", "-f", f"images/{name}/Dockerfile",
+                 "--build-arg", f"SOURCE_DATE_EPOCH={epoch}", "--build-arg", f"VERSION={version}", *dockerfile,
                  "-t", f"modelport/{name}:bench-raw", "."]
         cold, _ = timed(build[:2] + ["--no-cache"] + build[2:], env)
         warm, _ = timed(build, env)

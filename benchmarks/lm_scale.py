@@ -51,9 +51,9 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 def four_bit_variant(target: str) -> str:
     """The target's decoder variant with 4-bit weights and float32 compute (precision q4 or w4)."""
-    from modelport import targets
+    from modelport.targets import REGISTRY
 
-    known, _ = targets.variants_of(targets.get(target), "causal-lm")
+    known = REGISTRY.converter_class(target, "causal-lm").variants
     names = [n for n, v in known.items() if v.precision in ("q4", "w4")]
     if len(names) != 1:
         raise SystemExit(f"{target}: expected one 4-bit decoder variant, found {names} in {sorted(known)}")
@@ -61,10 +61,9 @@ def four_bit_variant(target: str) -> str:
 
 
 def variant_path(target: str, variant: str) -> str:
-    from modelport import targets
+    from modelport.targets import REGISTRY
 
-    known, _ = targets.variants_of(targets.get(target), "causal-lm")
-    return known[variant].path
+    return REGISTRY.converter_class(target, "causal-lm").variants[variant].path
 
 
 def param_count(model_dir: Path) -> int:

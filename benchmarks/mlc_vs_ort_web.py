@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-JS = ROOT / "src" / "modelport" / "targets" / "mlc_js"
+JS = ROOT / "src" / "modelport" / "targets" / "mlc" / "js"
 
 
 def ensure(model: str, target: str, variants: str) -> Path:
@@ -50,7 +50,8 @@ def corpus_ids(artifact: Path) -> list[np.ndarray]:
 
 
 def bench_mlc(artifact: Path, model: str, inputs: list[np.ndarray], repeat: int) -> list[float]:
-    from modelport.targets.mlc import NodeRunner, lib_path, package_dir
+    from modelport.targets.mlc.encoder import NodeRunner
+    from modelport.targets.mlc.layout import lib_path, package_dir
 
     runner = NodeRunner(lib_path(artifact, model, "f32", "wasm32-cpu"), package_dir(artifact, "f32"))
     runner(inputs[0], np.ones_like(inputs[0]))  # warm-up
@@ -80,7 +81,7 @@ def bench_ort(artifact: Path, inputs: list[np.ndarray], repeat: int, threads: in
 
 def time_link(model: str) -> dict[str, float]:
     """Relax build + emcc link of the CPU library, fresh (what a conversion pays per library)."""
-    from modelport import mlc_build
+    from modelport.targets.mlc import build as mlc_build
     from modelport.recipes import recipe_for
     from modelport.source import resolve
 
@@ -97,7 +98,7 @@ def time_link(model: str) -> dict[str, float]:
 
 
 def runtime_build(rebuild: bool) -> tuple[float | None, str]:
-    from modelport import mlc_build
+    from modelport.targets.mlc import build as mlc_build
 
     if not rebuild:
         runtime = mlc_build.build_runtime()

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "npmhouse"
 REGISTRY = os.environ.get("NPM_REGISTRY", "https://registry.npmjs.org").rstrip("/")
-LOCKS = ("src/modelport/clients/js/package-lock.json", "src/modelport/targets/mlc_js/package-lock.json",
+LOCKS = ("src/modelport/clients/js/package-lock.json", "src/modelport/targets/mlc/js/package-lock.json",
          "images/node/package-lock.json")
 
 

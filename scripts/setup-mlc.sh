@@ -3,13 +3,13 @@
 #   - Debian packages: emscripten (emcc 3.1.6: links the model libraries, builds TVM's web runtime),
 #     nodejs + npm (the Node wasm check), chromium (the WebLLM check: headless, SwiftShader WebGPU).
 #   - the `mlc` extra in .venv: apache-tvm 0.27.0.post1 + apache-tvm-tirx 0.1.0a4 (run setup-native.sh first).
-#   - npm ci in src/modelport/targets/mlc_js (@mlc-ai/web-llm 0.2.86, @mlc-ai/web-runtime 0.27.0-dev0,
+#   - npm ci in src/modelport/targets/mlc/js (@mlc-ai/web-llm 0.2.86, @mlc-ai/web-runtime 0.27.0-dev0,
 #     onnxruntime-web for the benchmark, puppeteer-core), --ignore-scripts: nothing downloads a browser.
 # The TVM web runtime itself is built on first use and cached by content hash under the modelport
 # cache ($MODELPORT_CACHE/mlc-runtime, or $MODELPORT_WEB_RUNTIME_CACHE): pass --prebuild to build it now.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-JS=src/modelport/targets/mlc_js
+JS=src/modelport/targets/mlc/js
 die() { echo "setup-mlc: $*" >&2; exit 1; }
 # shellcheck source=lib/apt.sh
 . scripts/lib/apt.sh
@@ -46,7 +46,7 @@ fi
 ") || die "the npm packages in $JS do not load; delete $JS/node_modules and re-run"
 
 if [ "${1:-}" = "--prebuild" ]; then
-  .venv/bin/python -c "from modelport import mlc_build; print('setup-mlc: TVM web runtime at', mlc_build.build_runtime(print))"
+  .venv/bin/python -c "from modelport.targets.mlc import build; print('setup-mlc: TVM web runtime at', build.build_runtime(print))"
 fi
 echo "setup-mlc: ok | $(emcc --version | head -1 | cut -c1-60) | node $(node --version) |" \
   "$("${MODELPORT_CHROMIUM:-/usr/bin/chromium}" --version 2>/dev/null | head -1) |" \

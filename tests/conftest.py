@@ -31,10 +31,8 @@ def minilm_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def xlmr_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("artifacts") / "xlmr"
-    assert convert("tiny-xlm-roberta", "--target", "onnx", "--out", str(out)) == 0
-    return out
+def xlmr_onnx(shared_artifact) -> Path:
+    return shared_artifact("tiny-xlm-roberta", "onnx")
 
 
 # --- real clients (transformers.js in Node and headless Chromium): run once per session --------------
@@ -86,3 +84,33 @@ def minilm_linked(minilm_onnx: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "minilm"
     shutil.copytree(minilm_onnx, dst, copy_function=os.link)
     return dst
+
+
+# --- artifacts shared across test files: one conversion per (model, target, variants) per session --------
+@pytest.fixture(scope="session")
+def shared_artifact(tmp_path_factory: pytest.TempPathFactory):
+    """`shared_artifact(model, target, variants)` converts (and validates) on first use and returns the
+    artifact directory; later calls with the same key reuse it. The contract test and the per-target
+    suites ask for the same keys, so the registry contract costs no extra conversion in CI."""
+    made: dict[tuple, Path] = {}
+
+    def get(model: str, target: str, variants: str | None = None, *extra: str, env: dict[str, str] | None = None,
+            accept: tuple[int, ...] = (0,)) -> Path:
+        key = (model, target, variants, extra, tuple(sorted((env or {}).items())))
+        if key not in made:
+            out = tmp_path_factory.mktemp("shared") / f"{model}-{target}"
+            args = [model, "--target", target, *(["--variants", variants] if variants else []), *extra]
+            saved = {k: os.environ.get(k) for k in env or {}}
+            os.environ.update(env or {})
+            try:
+                assert convert(*args, "--out", str(out)) in accept
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+            made[key] = out
+        return made[key]
+
+    return get

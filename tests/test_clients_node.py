@@ -13,7 +13,7 @@ from modelport import manifest
 from modelport.cli import main
 from modelport.clients import check, problem_lines, record
 from modelport.clients.compare import FP32_VS_ORT
-from modelport.targets import onnx as onnx_target
+from modelport.targets.onnx import encoder as onnx_target
 from modelport.thresholds import THRESHOLDS
 from modelport.validate import record as record_validation
 from modelport.validate import validate

@@ -21,7 +21,9 @@ from modelport.cli import main
 from modelport.errors import ModelportError
 from modelport.fsutil import read_json
 from modelport.reference import Golden
-from modelport.targets import coreml
+from modelport.source import ModelCard, read_license, read_model_card
+from modelport.targets.coreml import encoder as coreml
+from modelport.targets.coreml import package as coreml_package
 from modelport.thresholds import THRESHOLDS
 from modelport.validate import validate
 
@@ -42,17 +44,15 @@ ARTIFACTS = {
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Converted lazily, once: `artifacts[name]` converts on first use."""
+def artifacts(shared_artifact) -> dict[str, Path]:
+    """Converted lazily, once: `artifacts[name]` converts on first use (xlmr_fixed is shared with the
+    registry contract test)."""
 
     class Lazy(dict):
         def __missing__(self, name: str) -> Path:
             model, shape, variants = ARTIFACTS[name]
-            out = tmp_path_factory.mktemp("coreml") / name
-            args = [model, "-t", "coreml", "--variants", variants, "--out", str(out)]
-            assert convert(*args, *(["--shape", shape] if shape else [])) == 0, name
-            self[name] = out
-            return out
+            self[name] = shared_artifact(model, "coreml", variants, *(["--shape", shape] if shape else []))
+            return self[name]
 
     return Lazy()
 
@@ -169,7 +169,7 @@ def test_two_conversions_are_byte_identical(artifacts: dict[str, Path], tmp_path
     assert files_a == files_b
     assert sum(f.endswith("Manifest.json") for f in files_a) == 5
     spec, _ = milinterp.read_spec(again / "fp32/model.mlpackage")
-    assert coreml.CONVERSION_DATE_KEY not in spec.description.metadata.userDefined  # same bytes tomorrow
+    assert coreml_package.CONVERSION_DATE_KEY not in spec.description.metadata.userDefined  # same bytes tomorrow
     for package in again.glob("*/model.mlpackage"):
         assert all((p.stat().st_mode & 0o777) == (0o755 if p.is_dir() else 0o644) for p in package.rglob("*"))
 
@@ -239,7 +239,7 @@ def test_fake_macos_predict_path(artifacts: dict[str, Path], tmp_path: Path, mon
             out = self.interp.run(feeds)
             return {k: v + np.float32(self.offset if self.units == "ALL" else 0.0) for k, v in out.items()}
 
-    monkeypatch.setattr(coreml, "coreml_runtime_available", lambda: True)
+    monkeypatch.setattr(coreml_package, "coreml_runtime_available", lambda: True)
     monkeypatch.setattr(ct.models, "MLModel", FakeMLModel)
     report = validate(root, ["fp32", "pal4"])
     assert report.passed, [r.failures for r in report.results]
@@ -323,10 +323,18 @@ def test_model_card(tmp_path: Path) -> None:
     (tmp_path / "README.md").write_text(
         "---\nlicense: mit\nauthor: Jane Doe\ntags: [a, b]\n---\n\n# Title\n\n[![badge](x.svg)](y)\n\n"
         "This model maps [sentences](https://x) to *vectors*.\nSecond line.\n\n## Usage\n", encoding="utf-8")
-    card = coreml.read_model_card(tmp_path)
-    assert card == coreml.ModelCard(author="Jane Doe", license="mit",
-                                    summary="This model maps sentences to vectors. Second line.")
-    assert coreml.read_model_card(tmp_path / "missing") == coreml.ModelCard()
+    card = read_model_card(tmp_path)
+    assert card == ModelCard(author="Jane Doe", license="mit",
+                             summary="This model maps sentences to vectors. Second line.")
+    assert read_model_card(tmp_path / "missing") == ModelCard()
+    # one front-matter parser for the card and the license: a list reads joined in the card (what Xcode
+    # shows), license_name stands in for a missing license; read_license takes one license id only
+    (tmp_path / "README.md").write_text("---\nlicense: [mit, apache-2.0]\nmodel_creator: ACME\n---\nText.\n")
+    assert read_model_card(tmp_path) == ModelCard(author="ACME", license="mit, apache-2.0", summary="Text.")
+    assert read_license(tmp_path, {"license": "bsd"}) == "bsd"
+    (tmp_path / "README.md").write_text("---\nlicense_name: llama3\n---\n")
+    assert read_model_card(tmp_path).license == "llama3"
+    assert read_license(tmp_path, {}) is None
 
 
 def test_interpreter_imports_without_torch(artifacts: dict[str, Path]) -> None:

@@ -10,7 +10,6 @@ back from the package (w8, w4).
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import struct
@@ -27,7 +26,9 @@ from modelport.thresholds import LM_THRESHOLDS
 from modelport.validate import validate
 
 pytest.importorskip("coremltools")
-from modelport.targets import coreml, coreml_lm  # noqa: E402
+from modelport.source import read_model_card  # noqa: E402
+from modelport.targets.coreml import decoder  # noqa: E402
+from modelport.targets.coreml import package as coreml_package  # noqa: E402
 
 FAMILIES = ("tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-smollm3")
 VARIANTS = ("fp32", "w8", "w4")
@@ -36,26 +37,10 @@ SPEC_VERSION_IOS18 = 9
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory):
-    """`artifact(name)` converts (and validates) on first use, through convert.run like the CLI."""
-    from rich.console import Console
-
-    from modelport.convert import ConvertRequest, run
-    from modelport.ui import Steps
-
-    done: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in done:
-            out = tmp_path_factory.mktemp("coreml-lm") / name
-            req = ConvertRequest(model=name, target="coreml", variants=",".join(VARIANTS), out=out,
-                                 options={"context": str(CONTEXT)})
-            with Steps(Console(file=io.StringIO())) as steps:
-                run(req, steps)
-            done[name] = out
-        return done[name]
-
-    return get
+def artifact(shared_artifact):
+    """`artifact(name)` converts (and validates) on first use (tiny-llama is shared with the registry
+    contract test)."""
+    return lambda name: shared_artifact(name, "coreml", ",".join(VARIANTS), "--context", str(CONTEXT))
 
 
 def _copy(root: Path, tmp_path: Path) -> Path:
@@ -92,9 +77,9 @@ def test_package_contract(artifact) -> None:
     root = artifact("tiny-llama")
     man = manifest.load(root)
     target = man["target"]
-    assert target["kind"] == "causal-lm" and target["context_length"] == CONTEXT
+    assert target["family"] == "causal-lm" and target["context_length"] == CONTEXT
     for variant in VARIANTS:
-        package = root / coreml.LM_VARIANTS[variant].path
+        package = root / decoder.VARIANTS[variant].path
         spec, _ = milinterp.read_spec(package)
         assert spec.specificationVersion == SPEC_VERSION_IOS18
         ids, mask = milinterp.input_specs(spec)
@@ -117,6 +102,31 @@ def test_package_contract(artifact) -> None:
         assert lm.LMGolden.exists(root, lm.golden_name(variant))
 
 
+def test_config_has_top_level_rope_theta(artifact) -> None:
+    """The shipped config.json goes through layout.write_client_files: the rope-parameters quirk
+    copies rope_theta to the top level, where readers built for transformers 4 look for it."""
+    from modelport.source import resolve
+
+    root = artifact("tiny-llama")
+    source = resolve("tiny-llama").config
+    shipped = json.loads((root / "config.json").read_text())
+    assert source.get("rope_theta") is None, "the checkpoint no longer needs the fix: pick one that does"
+    assert shipped["rope_theta"] == source["rope_parameters"]["rope_theta"]
+    assert shipped["rope_parameters"] == source["rope_parameters"]
+
+
+def test_options_are_per_family() -> None:
+    """--shape is an encoder option and --context a decoder one: each pair refuses the other's flag."""
+    from modelport.targets.coreml.encoder import CoreMLEncoder
+    from modelport.targets.registry import parse_options
+
+    assert parse_options(decoder.CoreMLDecoder, {"context": "64"}).context == "64"
+    with pytest.raises(ModelportError, match="--shape does not apply to the coreml target for causal-lm models"):
+        parse_options(decoder.CoreMLDecoder, {"shape": "fixed"})
+    with pytest.raises(ModelportError, match="--context does not apply to the coreml target for sentence-encoder"):
+        parse_options(CoreMLEncoder, {"context": "64"})
+
+
 # --- why the packages are built the way they are ------------------------------------------------------
 
 
@@ -124,12 +134,12 @@ class Fp16OnlyCache:
     """The fp32 package with its residual states zeroed after every call: what a single float16
     cache (Core ML states are fp16 only) would give; `keep` residual parts survive."""
 
-    def __init__(self, runner: coreml_lm.CoreMLLMRunner, keep: int = 0) -> None:
+    def __init__(self, runner: decoder.CoreMLLMRunner, keep: int = 0) -> None:
         self.runner, self.keep = runner, keep
 
-    def _drop(self, state: coreml_lm.LMState) -> coreml_lm.LMState:
-        for suffix in coreml_lm.PART_SUFFIXES[1 + self.keep:]:
-            for name in coreml_lm.STATE_NAMES:
+    def _drop(self, state: decoder.LMState) -> decoder.LMState:
+        for suffix in decoder.PART_SUFFIXES[1 + self.keep:]:
+            for name in decoder.STATE_NAMES:
                 state.state[name + suffix][...] = 0
         return state
 
@@ -147,7 +157,7 @@ def test_fp16_cache_alone_misses_the_fp32_gate(artifact) -> None:
     with one of the two (22 significant bits) it is closer but still not float32."""
     root = artifact("tiny-llama")
     golden = lm.LMGolden.load(root)
-    runner = coreml.load_lm_runner(root, "fp32")
+    runner = decoder.load_lm_runner(root, "fp32")
     exact = lm.evaluate_lm(golden, runner)
     rounded = lm.evaluate_lm(golden, Fp16OnlyCache(runner))
     assert exact.step_max_abs <= 1e-5
@@ -170,7 +180,7 @@ def test_full_context_and_overflow(artifact) -> None:
     ids = np.random.default_rng(0).integers(3, 500, size=(1, CONTEXT))
     with torch.no_grad():
         ref = model(torch.from_numpy(ids)).logits[0].numpy()
-    runner = coreml.load_lm_runner(root, "fp32")
+    runner = decoder.load_lm_runner(root, "fp32")
     full, _ = runner.prefill(ids)
     assert np.abs(full - ref).max() <= 1e-5
     logits, state = runner.prefill(ids[:, :CONTEXT - 8])
@@ -189,7 +199,7 @@ def test_interpreter_decodes_weights_like_coremltools(artifact) -> None:
 
     root = artifact("tiny-qwen2")  # tied embeddings: one compressed table serves gather and lm_head
     for variant, dtype in (("w8", np.int8), ("w4", np.int8)):
-        package = root / coreml.LM_VARIANTS[variant].path
+        package = root / decoder.VARIANTS[variant].path
         ours = milinterp.constexpr_values(package)
         spec, weights_dir = milinterp.read_spec(package)
         prog = milproto_load(spec, spec.specificationVersion, str(weights_dir))
@@ -237,15 +247,15 @@ def test_packages_are_deterministic(artifact, tmp_path: Path) -> None:
 
     root = artifact("tiny-qwen3")
     source = resolve("tiny-qwen3")
-    card = coreml.read_model_card(source.path)
+    card = read_model_card(source.path)
     import dataclasses
 
-    coreml_lm.run_worker({"model_dir": str(source.path), "out": str(tmp_path), "variants": list(VARIANTS),
-                          "context": CONTEXT, "source_name": source.name, "revision": source.revision,
-                          "card": dataclasses.asdict(card)})
+    decoder.run_worker({"model_dir": str(source.path), "out": str(tmp_path), "variants": list(VARIANTS),
+                        "context": CONTEXT, "source_name": source.name, "revision": source.revision,
+                        "card": dataclasses.asdict(card)})
     for variant in VARIANTS:
-        rel = coreml.LM_VARIANTS[variant].path
-        coreml.normalize_package(tmp_path / rel)
+        rel = decoder.VARIANTS[variant].path
+        coreml_package.normalize_package(tmp_path / rel)
         a = sorted(p.relative_to(root / rel) for p in (root / rel).rglob("*") if p.is_file())
         b = sorted(p.relative_to(tmp_path / rel) for p in (tmp_path / rel).rglob("*") if p.is_file())
         assert a == b
@@ -280,17 +290,17 @@ def test_fake_macos_predict_path(artifact, monkeypatch: pytest.MonkeyPatch) -> N
             out = self.interp.run(feeds, state)
             return {k: v + np.float32(self.offset if self.units == "ALL" else 0.0) for k, v in out.items()}
 
-    monkeypatch.setattr(coreml, "coreml_runtime_available", lambda: True)
+    monkeypatch.setattr(coreml_package, "coreml_runtime_available", lambda: True)
     monkeypatch.setattr(ct.models, "MLModel", FakeMLModel)
     golden = lm.LMGolden.load(root)
-    extra = coreml.lm_extra_metrics(root, "fp32", golden)
+    extra = decoder.lm_extra_metrics(root, "fp32", golden)
     assert extra["failures"] == []
     assert extra["coreml_cpu_only"]["gate"] == "fp32" and extra["coreml_all"]["gate"] == "fp16"
     assert extra["coreml_cpu_only"]["step_max_abs"] <= 1e-5
     assert {u for _, u, _ in calls} == {"CPU_ONLY", "ALL"} and (1, 1) in {s for _, _, s in calls}
-    assert "MLModel.predict" in coreml.runtime_notes(root)[0]
+    assert "MLModel.predict" in decoder.CoreMLDecoder().open(root).notes()[0]
     FakeMLModel.offset = 0.5  # beyond the fp16 decoder gate (4e-3 x max |logit| ~ 0.05 here)
-    extra = coreml.lm_extra_metrics(root, "fp32", golden)
+    extra = decoder.lm_extra_metrics(root, "fp32", golden)
     assert extra["failures"] and all(f.startswith("Core ML ALL:") for f in extra["failures"])
 
 
@@ -300,7 +310,7 @@ def test_fake_macos_predict_path(artifact, monkeypatch: pytest.MonkeyPatch) -> N
 def test_interpreter_states_are_checked(artifact) -> None:
     package = artifact("tiny-llama") / "fp32/model.mlpackage"
     interp = milinterp.Interpreter(package)
-    feeds = {"input_ids": np.array([[5, 6]], dtype=np.int32), "causal_mask": coreml_lm.causal_mask(2, 0)}
+    feeds = {"input_ids": np.array([[5, 6]], dtype=np.int32), "causal_mask": decoder.causal_mask(2, 0)}
     with pytest.raises(ModelportError, match="pass the state"):
         interp.run(feeds)
     bad = interp.make_state()
@@ -311,7 +321,7 @@ def test_interpreter_states_are_checked(artifact) -> None:
     interp.run(feeds, state)
     assert np.abs(state["key_cache"][:, :, :, :2]).max() > 0 and not state["key_cache"][:, :, :, 2:].any()
     with pytest.raises(ModelportError, match="accepts"):  # E > C: Core ML refuses the shape
-        interp.run({"input_ids": np.array([[5]], dtype=np.int32), "causal_mask": coreml_lm.causal_mask(1, CONTEXT)},
+        interp.run({"input_ids": np.array([[5]], dtype=np.int32), "causal_mask": decoder.causal_mask(1, CONTEXT)},
                    state)
 
 

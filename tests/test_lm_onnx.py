@@ -18,7 +18,8 @@ import pytest
 from modelport import lm, manifest
 from modelport.cli import main
 from modelport.fsutil import read_json
-from modelport.targets import onnx_lm
+from modelport.targets.onnx import decoder as onnx_decoder
+from modelport.targets.onnx import ort as onnx_ort
 
 from .conftest import convert
 
@@ -31,17 +32,13 @@ FAMILIES = {
 
 
 @pytest.fixture(scope="session")
-def lm_artifact(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """family -> its converted artifact (converted on first use, once per session)."""
-    done: dict[str, Path] = {}
+def lm_artifact(shared_artifact) -> Callable[[str], Path]:
+    """family -> its converted artifact (converted on first use, once per session; shared with the
+    registry contract test)."""
 
     def get(family: str) -> Path:
-        if family not in done:
-            model, variants, _ = FAMILIES[family]
-            out = tmp_path_factory.mktemp("lm") / model
-            assert convert(model, "--target", "onnx", "--variants", variants, "--out", str(out)) == 0
-            done[family] = out
-        return done[family]
+        model, variants, _ = FAMILIES[family]
+        return shared_artifact(model, "onnx", variants)
 
     return get
 
@@ -133,7 +130,7 @@ def test_a_broken_kv_cache_is_caught(qwen3: Path) -> None:
     the cached-decode and KV-vs-full gates, while its prefill still matches."""
     out = qwen3
 
-    class NoCache(onnx_lm.OrtLMRunner):
+    class NoCache(onnx_decoder.OrtLMRunner):
         def decode(self, state, token):
             past, past_len = state
             logits, _ = self._run(np.array([[token]], dtype=np.int64), self.empty, 0)
@@ -213,7 +210,7 @@ def test_external_weights_leave_no_stale_files(tmp_path: Path, monkeypatch: pyte
     from both get one). A q4-only artifact keeps only the q4 file (the quantizer writes it whole,
     as at 1B: 1.8 GB): removing only the graphs once left 11 GB of their weights in the 1B scale
     model's q4 artifact."""
-    monkeypatch.setattr(onnx_lm, "EXTERNAL_DATA_BYTES", 0)
+    monkeypatch.setattr(onnx_ort, "EXTERNAL_DATA_BYTES", 0)
     out = tmp_path / "llama"
     assert convert("tiny-llama", "--target", "onnx", "--variants", "q4", "--out", str(out)) == 0
     assert sorted(p.name for p in (out / "onnx").iterdir()) == ["model_q4.onnx"]

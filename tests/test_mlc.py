@@ -22,7 +22,7 @@ from modelport.reference import Golden
 
 from .conftest import convert
 
-JS = Path(__file__).parents[1] / "src" / "modelport" / "targets" / "mlc_js"
+JS = Path(__file__).parents[1] / "src" / "modelport" / "targets" / "mlc" / "js"
 
 
 def _missing() -> list[str]:
@@ -67,16 +67,11 @@ def minilm_mlc(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def arctic_mlc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def arctic_mlc(shared_artifact) -> Path:
     """tiny-bert-arctic f32 + f16, the f16 variant validated in Node against the fp16 gate (the
-    Chromium check is run by its own test: SwiftShader cannot run f16, f32 is covered on MiniLM)."""
-    out = tmp_path_factory.mktemp("mlc") / "arctic"
-    os.environ["MODELPORT_MLC_BROWSER"] = "off"
-    try:
-        assert convert("tiny-bert-arctic", "--target", "mlc", "--variants", "f32,f16", "--out", str(out)) == 0
-    finally:
-        del os.environ["MODELPORT_MLC_BROWSER"]
-    return out
+    Chromium check is run by its own test: SwiftShader cannot run f16, f32 is covered on MiniLM).
+    Shared with the registry contract test (same key: one link per session)."""
+    return shared_artifact("tiny-bert-arctic", "mlc", "f32,f16", env={"MODELPORT_MLC_BROWSER": "off"})
 
 
 def node_json(script: str, *args: str) -> dict:
@@ -138,7 +133,7 @@ def test_app_config_snippet(minilm_mlc: Path) -> None:
 
 def test_a_changed_weight_is_caught(minilm_mlc: Path, tmp_path: Path) -> None:
     """0.1 % on the last LayerNorm weight in the tensor cache moves the output past 1e-5."""
-    from modelport.targets.mlc import NodeRunner
+    from modelport.targets.mlc.encoder import NodeRunner
 
     src = minilm_mlc / "f32" / "resolve" / "main"
     pkg = tmp_path / "pkg"
@@ -172,7 +167,7 @@ def test_tiny_bert_arctic_package(arctic_mlc: Path, monkeypatch: pytest.MonkeyPa
     for kind in ("webgpu", "wasm32-cpu"):
         assert (arctic_mlc / "libs" / f"tiny-bert-arctic-f32-{kind}.wasm").stat().st_size > 1_000_000
     # The CLS row and L2 normalization are inside the library: row 0 of prefill is unit length.
-    from modelport.targets.mlc import NodeRunner
+    from modelport.targets.mlc.encoder import NodeRunner
 
     monkeypatch.chdir(arctic_mlc.parent)  # relative paths (as from --out) must work too
     rel = Path(arctic_mlc.name)
@@ -185,7 +180,7 @@ def test_tiny_bert_arctic_package(arctic_mlc: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_runtime_is_cached_by_content_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from modelport import mlc_build
+    from modelport.targets.mlc import build as mlc_build
 
     runtime = mlc_build.build_runtime()  # built by the fixtures above: a cache hit
     assert all((runtime / f"{u}.o").is_file() for u in mlc_build.RUNTIME_UNITS)
@@ -276,12 +271,12 @@ def test_f16_app_config_requires_shader_f16(arctic_mlc: Path) -> None:
 
 def test_f16_cpu_library_widening_is_exact(arctic_mlc: Path) -> None:
     """The wasm32 CPU library casts float16 matmul operands to float32 before the matmul
-    (mlc_build.widen_matmul_operands, for speed). That must be bit-identical to the kernel that
+    (targets/mlc/build.py widen_matmul_operands, for speed). That must be bit-identical to the kernel that
     converts inside the loop: same products, same order. Built here without the widening."""
-    from modelport import mlc_build
     from modelport.recipes import recipe_for
     from modelport.source import resolve
-    from modelport.targets.mlc import NodeRunner
+    from modelport.targets.mlc import build as mlc_build
+    from modelport.targets.mlc.encoder import NodeRunner
 
     src = resolve("tiny-bert-arctic")
     recipe = recipe_for(src.path, src.config)
@@ -322,7 +317,7 @@ def test_f16_in_chromium_is_reported_not_run_without_shader_f16(arctic_mlc: Path
     """SwiftShader's adapter has no shader-f16: the check must say so (and that WebLLM refused the
     variant with its own ShaderF16SupportError), neither pass nor fail. On an adapter with
     shader-f16 the same call runs WebLLM and gates on the fp16 thresholds instead."""
-    from modelport.targets import mlc_browser
+    from modelport.targets.mlc import browser as mlc_browser
 
     missing = mlc_browser.missing_prerequisites()
     if missing:
@@ -343,7 +338,7 @@ def test_f16_in_chromium_is_reported_not_run_without_shader_f16(arctic_mlc: Path
 @pytest.mark.slow
 def test_webllm_in_chromium_matches_pytorch(minilm_mlc: Path) -> None:
     """WebLLM 0.2.86 in headless Chromium (SwiftShader WebGPU), everything from 127.0.0.1."""
-    from modelport.targets import mlc_browser
+    from modelport.targets.mlc import browser as mlc_browser
 
     missing = mlc_browser.missing_prerequisites()
     if missing and os.environ.get("CI", "").lower() not in ("true", "1"):

@@ -11,7 +11,7 @@ import pytest
 from modelport import manifest, tiny
 from modelport.fsutil import read_json
 from modelport.recipes import read_pooling
-from modelport.targets import mlx as mlx_target
+from modelport.targets.mlx import encoder as mlx_target
 from modelport.validate import validate
 
 from .conftest import convert
@@ -25,10 +25,8 @@ def minilm_mlx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def xlmr_mlx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("mlx") / "xlmr"
-    assert convert("tiny-xlm-roberta", "--target", "mlx", "--variants", "f32,q4", "--out", str(out)) == 0
-    return out
+def xlmr_mlx(shared_artifact) -> Path:
+    return shared_artifact("tiny-xlm-roberta", "mlx", "f32,q4")  # shared with the registry contract test
 
 
 def test_minilm_every_variant_passes(minilm_mlx: Path) -> None:

@@ -27,8 +27,8 @@ from .conftest import convert
 
 mx = pytest.importorskip("mlx.core")
 
-from modelport.mlx_models import llama  # noqa: E402  (needs mlx)
-from modelport.targets import mlx as mlx_target  # noqa: E402
+from modelport.targets.mlx import decoder as mlx_target  # noqa: E402  (needs mlx)
+from modelport.targets.mlx.models import llama  # noqa: E402
 
 FAMILIES = ("tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-smollm3")
 VARIANTS = ("f32", "f16", "q8", "q4")
@@ -36,20 +36,11 @@ FP32 = 1e-5
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """name -> converted and validated artifact (every variant), converted on first use."""
-    done: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in done:
-            out = tmp_path_factory.mktemp("mlx-lm") / name
-            # 1 = written but a gate failed (the artifact is kept): judged by the gate test below,
-            # so the other checks still run on it
-            assert convert(name, "--target", "mlx", "--out", str(out)) in (0, 1)
-            done[name] = out
-        return done[name]
-
-    return get
+def artifact(shared_artifact) -> Callable[[str], Path]:
+    """name -> converted and validated artifact (every variant), converted on first use (shared with the
+    registry contract test). 1 = written but a gate failed (the artifact is kept): judged by the gate test
+    below, so the other checks still run on it."""
+    return lambda name: shared_artifact(name, "mlx", None, accept=(0, 1))
 
 
 def _copy(art: Path, tmp_path: Path) -> Path:
@@ -67,6 +58,9 @@ def _copy(art: Path, tmp_path: Path) -> Path:
 # itself is 6.1e-6 off there, and its own cached decode vs full recompute differs by 8.6e-6). The
 # artifact's verdict stays "fail"; this test pins that exact finding so a fix (or a worse error)
 # shows up. Every other check on that variant (16 steps, tokens, KV vs full) must still pass.
+# The finding depends on the CPU: float32 rounding in MLX's and PyTorch's vectorized kernels follows
+# the instruction set (2026-12-05, an AVX-512 EPYC: q8 prefill 4.77e-6, a pass, with the same pins).
+# So the known variant may pass the normal gate or fail by exactly this mechanism, nothing else.
 KNOWN_PRECISION_FLOOR = {("tiny-smollm3", "q8"): ("prefill", "short", 1.2e-5)}
 
 
@@ -76,9 +70,12 @@ def test_every_variant_passes_token_by_token(artifact, name: str) -> None:
     assert validation["family"] == "causal-lm"
     failing = {v: r["failures"] for v, r in validation["variants"].items() if r["verdict"] != "pass"}
     known = {v: k for (n, v), k in KNOWN_PRECISION_FLOOR.items() if n == name}
-    assert set(failing) == set(known), json.dumps(failing, indent=1)
+    assert set(failing) <= set(known), json.dumps(failing, indent=1)
     for v, (what, prompt, ceiling) in known.items():
         m = validation["variants"][v]["metrics"]
+        if v not in failing:  # this CPU rounds it under the gate: it passed every check
+            assert m[f"{what}_max_abs"] <= FP32 and m["step_max_abs"] <= FP32, m
+            continue
         assert len(failing[v]) == 1 and failing[v][0].startswith(f"{what} logits max abs") and f"{prompt}=" in failing[v][0]
         assert FP32 < m[f"{what}_max_abs"] <= ceiling and m["step_max_abs"] <= FP32, m
     variants = validation["variants"]
@@ -286,7 +283,13 @@ def test_rope_is_read_from_either_spelling_and_contradictions_are_refused() -> N
 
 
 def test_llama3_rope_frequencies_are_transformers_own() -> None:
-    """Scaled RoPE (Llama 3.x): the frequencies equal transformers' bit for bit."""
+    """Scaled RoPE (Llama 3.x): the frequency smoothing is transformers' bit for bit.
+
+    Both compute theta ** (i / d) in float32, numpy here and torch there; their vectorized pow kernels
+    are chosen by instruction set: equal bit for bit on earlier CI machines, 1-2 ulp apart at 7 of 32
+    entries with torch's AVX-512 kernel (2026-12-05; torch.backends.cpu.get_cpu_capability() == "AVX512").
+    So the smoothing is checked exactly on torch's own base frequencies, the base powers to their ulps.
+    A wrong formula (a missed smoothing band, a wrong factor) moves entries by far more than an ulp."""
     from transformers import LlamaConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
@@ -295,7 +298,16 @@ def test_llama3_rope_frequencies_are_transformers_own() -> None:
     cfg = LlamaConfig(hidden_size=256, num_attention_heads=4, head_dim=64, rope_parameters=dict(params))
     want, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg)
     got = llama.read_rope({"rope_parameters": params, "max_position_embeddings": 131072}).inv_freq(64)
-    assert np.array_equal(got, want.numpy())
+    assert got.dtype == np.float32
+    # the llama3 band smoothing, fed torch's own base frequencies, is transformers' bit for bit
+    import torch
+
+    base = (1.0 / (500000.0 ** (torch.arange(0, 64, 2, dtype=torch.int64).float() / 64))).numpy()
+    assert np.array_equal(llama._llama3_inv_freq(base, params), want.numpy())
+    # and the base powers agree to the two libraries' own pow error: measured 2026-12-05 (AVX-512) against
+    # the correctly rounded float64 result, torch's float32 pow is off by up to 1 ulp and numpy's by 2
+    ours = llama.read_rope({"rope_parameters": {"rope_theta": 500000.0}, "max_position_embeddings": 8192}).inv_freq(64)
+    np.testing.assert_array_max_ulp(ours, base, maxulp=2)
 
 
 def test_unsupported_decoders_are_refused_plainly() -> None:

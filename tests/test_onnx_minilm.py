@@ -13,7 +13,7 @@ from modelport import manifest, validation_set
 from modelport.cli import main
 from modelport.fsutil import read_json, sha256_file
 from modelport.reference import Golden
-from modelport.targets import onnx as onnx_target
+from modelport.targets.onnx import encoder as onnx_target
 from modelport.thresholds import THRESHOLDS
 from modelport.validate import validate
 

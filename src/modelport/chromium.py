@@ -1,7 +1,7 @@
 """Headless Chromium as both browser checks launch it (transformers.js clients, WebLLM for MLC).
 
 One place for the binary and its flags; the harnesses (clients/js/browser_embed.mjs,
-targets/mlc_js/chromium_check.mjs) get both in their request instead of keeping copies.
+targets/mlc/js/chromium_check.mjs) get both in their request instead of keeping copies.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@
     modelport models
     modelport publish <artifact-dir> --repo <user/name> [--private] [--dry-run DIR]
 
-User errors print one line (`error: ...`) and exit 2; a failed validation prints the table and
-the failing inputs and exits 1.
+Every failure prints one line (`error: ...`), never a traceback: 1 validation failed (after the
+table and the failing inputs), 2 bad input, 3 a toolchain or the environment failed (the line names
+a log file with the details), 4 a bug in modelport (log file too).
 """
 
 from __future__ import annotations
@@ -21,18 +22,19 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import ModelportError, ValidationFailed
+from .errors import EXIT_INTERNAL, EXIT_TOOLCHAIN, ModelportError, ValidationFailed
 
 EPILOG = """\
-exit codes: 0 success, 1 validation failed, 2 bad input (message says why).
+exit codes: 0 success, 1 validation failed, 2 bad input (message says why), 3 toolchain or environment
+failure (missing package, converter crash; the message names a log file), 4 internal error (a bug: log file).
 environment: MODELPORT_CACHE (built tiny models; default ~/.cache/modelport),
 HF_HUB_OFFLINE / HF_HOME (standard Hugging Face cache), SOURCE_DATE_EPOCH (manifest timestamp).
 """
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .source import MODELS
-    from .targets import TARGETS
+    from .catalog import MODELS
+    from .targets import REGISTRY, TARGETS
 
     p = argparse.ArgumentParser(
         prog="modelport",
@@ -59,8 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--target", "-t", required=True, choices=sorted(TARGETS), help="output format")
     c.add_argument(
         "--variants",
-        help="comma-separated precisions to write (default: all the target supports). "
-        "onnx: fp32,fp16,q8,uint8,q4,q4f16 (transformers.js dtype names); coreml: fp32,fp16,w8,pal6,pal4",
+        help="comma-separated variants to write (default: the target's defaults for the model's family). "
+        + "; ".join(f"{t}: {','.join(REGISTRY.all_variants(t))}" for t in TARGETS),
     )
     c.add_argument("--shape", help="coreml: input shape of the packages (batch 1): fixed[:N] (default fixed:128), "
                    "range[:LO-HI] (default 1 to the max length), enumerated[:N,N,...] (default 32,64,...,max length)")
@@ -174,9 +176,7 @@ def _verified_manifest(root: Path) -> dict:
     """The artifact's manifest, after checking every file against its sha256 (a changed file is a failure)."""
     from . import manifest
 
-    if not (root / manifest.MANIFEST).is_file():
-        raise ModelportError(f"{root} is not a modelport artifact (no {manifest.MANIFEST})")
-    man = manifest.load(root)
+    man = manifest.load(root)  # refuses a missing manifest, an unknown version, a schema mismatch
     problems = manifest.verify_files(root, man)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
@@ -228,23 +228,17 @@ def _clients(args: argparse.Namespace, out) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    from . import clients
+    from . import clients, families
 
     root = args.artifact
     man = _verified_manifest(root)
     names = [c.strip() for c in args.clients.split(",") if c.strip()]
     variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
     progress = lambda line: out.print(f"[dim]  {escape(line)}[/]")  # noqa: E731
-    if man.get("recipe", {}).get("family") == "causal-lm":
-        # decoders: transformers.js text-generation, greedy tokens vs Python onnxruntime and the golden
-        from .clients import textgen
-
-        results = textgen.check(root, {n: variants for n in names}, progress=progress)
-        table = textgen.summary_table(results)
-    else:
-        results = clients.check(root, {n: variants for n in names}, quick=names if args.quick else (),
-                                progress=progress)
-        table = clients.summary_table(results)
+    # the family picks the transformers.js task: feature-extraction or text-generation
+    family = families.get(man["target"]["family"])
+    results = family.check_clients(root, {n: variants for n in names}, tuple(names) if args.quick else (), progress)
+    table = family.clients_table(results)
     clients.record(root, results)
     # In logs (no terminal) rich assumes 80 columns and squeezes 11 columns into '…': print wider there.
     wide = out if out.is_terminal else Console(stderr=True, highlight=False, width=150)
@@ -266,13 +260,31 @@ def _known_models_table():
     """The models modelport can build or load without a hub (`recipes` and `models` both list them)."""
     from rich.table import Table
 
-    from .source import MODELS
+    from .catalog import MODELS
 
     table = Table(title="known models (no hub needed)")
     table.add_column("name")
     table.add_column("what")
     for k in MODELS.values():
         table.add_row(k.name, k.description)
+    return table
+
+
+def _registry_table():
+    """Targets x families from the registry: what converts what, with which variants and options."""
+    import dataclasses
+
+    from rich.table import Table
+
+    from .targets import REGISTRY
+
+    table = Table(title="targets x families (registered converters)")
+    for col in ("target", "family", "variants (default first)", "options", "converter"):
+        table.add_column(col)
+    for target, family in REGISTRY.pairs():
+        cls = REGISTRY.converter_class(target, family)
+        opts = ", ".join("--" + f.name for f in dataclasses.fields(cls.Options)) or "-"
+        table.add_row(target, family, ", ".join(cls.variants), opts, f"{cls.__module__}.{cls.__qualname__}")
     return table
 
 
@@ -289,6 +301,7 @@ def _recipes(out) -> int:
         t.add_row(a.model_type, a.family, ", ".join(a.inputs), a.default_pooling, ", ".join(a.targets),
                   ", ".join(q.name for q in a.quirks))
     out.print(t)
+    out.print(_registry_table())
     out.print(_known_models_table())
     th = Table(title="validation thresholds")
     for col in ("precision", "max abs", "cos min", "cos mean", "top-5 mean", "batches gated"):
@@ -425,10 +438,21 @@ def main(argv: list[str] | None = None) -> int:
         out.print(f"[bold red]error:[/] `modelport {args.command}` needs the Python package {e.name!r}, which is "
                   "not installed in this environment (pip install it, or run the command in an image that has it)",
                   soft_wrap=True)
-        return 2
+        return EXIT_TOOLCHAIN
     except KeyboardInterrupt:
         out.print("[red]interrupted[/]")
         return 130
+    except Exception as e:  # a bug: one line, the traceback in a log file
+        from .fsutil import write_error_log
+
+        try:
+            where = f"traceback in {write_error_log(args.command, e)}"
+        except OSError:
+            where = "no log could be written"
+        first = (str(e).splitlines() or [""])[0][:300]
+        out.print(f"[bold red]internal error:[/] {escape(type(e).__name__)}: {escape(first)} ({escape(where)}); "
+                  "this is a bug in modelport, please report it with that file", soft_wrap=True)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -6,15 +6,18 @@ before any expensive work; all writes go to a staging dir renamed into place at 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Iterator
 
-from . import lint, manifest, reference, targets
-from .errors import ModelportError
-from .fsutil import check_output_dir, staging_dir
-from .recipes import CAUSAL_LM, SENTENCE_ENCODER, recipe_for
+from . import families, lint, manifest
+from .errors import ModelportError, ToolchainError
+from .fsutil import check_output_dir, staging_dir, write_error_log
+from .recipes import recipe_for
 from .source import resolve
+from .targets import REGISTRY
+from .targets.registry import ConvertContext, parse_options, parse_variants, require_packages
 from .ui import Steps
 from .validate import Report, record, validate
 
@@ -31,7 +34,7 @@ class ConvertRequest:
     validate: bool = True
     ignore_lint: bool = False
     command: tuple[str, ...] = ()
-    # Target options by name (coreml: shape); a target lists the ones it takes in OPTIONS.
+    # Target options by name (coreml: shape, context); each converter's Options dataclass says which it takes.
     options: dict[str, str] = field(default_factory=dict)
 
 
@@ -39,76 +42,56 @@ def default_out(model_name: str, target: str) -> Path:
     return Path("artifacts") / model_name / target
 
 
-def check_options(module, target: str, options: dict[str, str]) -> None:
-    accepted = getattr(module, "OPTIONS", ())
+def check_target_request(target: str, variants: str | None, options: dict[str, Any]) -> None:
+    """Refuse what no family of the target accepts before any model is loaded (a typo costs nothing)."""
+    REGISTRY.target(target)
+    known = REGISTRY.all_variants(target)
+    names = [v.strip() for v in (variants or "").split(",") if v.strip()]
+    unknown = [v for v in names if v not in known]
+    if variants is not None and (unknown or not names):
+        raise ModelportError(f"unknown variant(s) {', '.join(unknown) or '(none given)'}; this target writes: "
+                             f"{', '.join(known)}")
+    accepted = REGISTRY.all_options(target)
     for key in options:
         if key not in accepted:
             takes = f"it takes {', '.join('--' + k for k in accepted)}" if accepted else "it takes no options"
             raise ModelportError(f"--{key} does not apply to the {target} target ({takes})")
 
 
-def _encoder_golden(source, recipe, work: Path, steps: Steps) -> None:
-    steps(f"reference: PyTorch fp32 on validation set ({source.name})")
-    reference.compute(source, recipe).save(work)
-
-
-def _lm_golden(source, recipe, work: Path, steps: Steps) -> None:
-    from .lm import PROMPTS, STEPS, compute_golden
-
-    steps(f"reference: PyTorch fp32, {len(PROMPTS)} prompts x {STEPS} greedy steps with KV cache ({source.name})")
-    compute_golden(source.path).save(work)
-
-
-@dataclass(frozen=True)
-class FamilyPipeline:
-    """What differs between model families in the pipeline: the golden and the target entry point."""
-
-    golden: Callable[[Any, Any, Path, Steps], None]
-    converter: str  # the target module's function: convert(...) or convert_lm(...)
-    what: str  # for messages
-
-
-FAMILIES: dict[str, FamilyPipeline] = {
-    SENTENCE_ENCODER: FamilyPipeline(_encoder_golden, "convert", "sentence encoders"),
-    CAUSAL_LM: FamilyPipeline(_lm_golden, "convert_lm", "decoder LLMs"),
-}
-
-
-def check_target_supports(module, target: str, recipe) -> None:
-    """A clear refusal when the target cannot convert this family or architecture."""
-    arch = recipe.architecture
-    family = FAMILIES[arch.family]
-    if target in arch.targets and hasattr(module, family.converter):
-        return
-    if arch.is_decoder and target not in arch.targets:
-        converts = [FAMILIES[f].what for f in FAMILIES if hasattr(module, FAMILIES[f].converter)]
-        raise ModelportError(
-            f"target {target!r} converts {', '.join(converts) or 'nothing'} only; {arch.model_type} is a causal-lm "
-            f"(decoder LLM): use {' or '.join(arch.targets)}")
-    if target in arch.targets:  # the registry lists it, the target module has no entry point for the family yet
-        raise ModelportError(f"target {target!r} does not convert {family.what} yet (no {family.converter}() in "
-                             f"{module.__name__}); {arch.model_type} is a {arch.family} model")
-    raise ModelportError(
-        f"target {target!r} does not support {arch.model_type} ({arch.family}) yet "
-        f"(supported: {', '.join(arch.targets)})"
-    )
+@contextlib.contextmanager
+def toolchain_step(what: str) -> Iterator[None]:
+    """A crash inside a toolchain (torch, an exporter, a quantizer) becomes exit 3: one line naming the
+    step and the exception, the traceback in a log file. Our own errors pass through unchanged."""
+    try:
+        yield
+    except (ModelportError, KeyboardInterrupt):
+        raise
+    except MemoryError as e:
+        raise ToolchainError(f"{what} ran out of memory", str(write_error_log("convert", e))) from e
+    except Exception as e:
+        first = (str(e).splitlines() or [""])[0][:300]
+        raise ToolchainError(f"{what} failed: {type(e).__name__}: {first}", str(write_error_log("convert", e))) from e
 
 
 def run(req: ConvertRequest, steps: Steps) -> tuple[Path, Report | None]:
-    module = targets.get(req.target)
-    targets.parse_variants(module, req.variants, family=None)  # names no family of the target knows: fail now
-    check_options(module, req.target, req.options)
+    check_target_request(req.target, req.variants, req.options)
     if req.out is not None:
         check_output_dir(req.out, req.force)
 
     steps("inspect model")
     source = resolve(req.model, allow_pickle=req.allow_pickle, trust_remote_code=req.trust_remote_code)
     recipe = recipe_for(source.path, source.config)
-    check_target_supports(module, req.target, recipe)
-    if hasattr(module, "adapt_recipe"):  # e.g. a Core ML fixed input shape caps the length
-        recipe = module.adapt_recipe(recipe, req.options)
-    family = FAMILIES[recipe.architecture.family]
-    variants = targets.parse_variants(module, req.variants, family=recipe.architecture.family)
+    family = families.get(recipe.architecture.family)
+    cls = REGISTRY.converter_class(req.target, family.name)
+    if req.target not in recipe.architecture.targets:
+        raise ModelportError(f"target {req.target!r} does not support {recipe.architecture.model_type} "
+                             f"({family.name}) yet (supported: {', '.join(recipe.architecture.targets)})")
+    variants = parse_variants(cls, req.variants)
+    options = parse_options(cls, req.options)
+    spec = REGISTRY.target(req.target)
+    require_packages(cls.requires, req.target, spec.extra, spec.image, "converting")
+    converter = cls()
+    recipe = converter.adapt_recipe(recipe, options)  # e.g. a Core ML fixed input shape caps the length
     steps("config lint")
     findings = lint.run(source.path, source.config, recipe, req.target)
     lint.enforce(findings, req.ignore_lint)
@@ -118,8 +101,10 @@ def run(req: ConvertRequest, steps: Steps) -> tuple[Path, Report | None]:
 
     report = None
     with staging_dir(out, req.force) as work:
-        family.golden(source, recipe, work, steps)
-        target_info = getattr(module, family.converter)(source, recipe, variants, work, steps, **req.options)
+        with toolchain_step(f"the PyTorch reference of {source.name}"):
+            family.compute_golden(source, recipe, work, steps)
+        with toolchain_step(f"the {req.target} converter"):
+            target_info = converter.convert(ConvertContext(source, recipe, variants, work, steps, options))
         steps("write manifest (sha256 of every file)")
         man = manifest.build(work, command=list(req.command), source=source.to_json(),
                              recipe=recipe.to_json(), target=target_info,

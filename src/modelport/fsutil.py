@@ -83,3 +83,27 @@ def list_files(root: Path, exclude: frozenset[str] = frozenset()) -> list[Path]:
     """All regular files under root, sorted, as paths relative to root (posix order is stable)."""
     files = [p.relative_to(root) for p in root.rglob("*") if p.is_file()]
     return sorted((p for p in files if p.as_posix() not in exclude), key=lambda p: p.as_posix())
+
+
+def cache_root() -> Path:
+    """Where modelport keeps what it builds (tiny models). `MODELPORT_CACHE` overrides."""
+    env = os.environ.get("MODELPORT_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "modelport"
+
+
+def write_error_log(what: str, exc: BaseException) -> Path:
+    """Write `exc`'s traceback to a log file under the modelport cache; return its path.
+
+    A toolchain crash or a bug gets one line on the terminal plus this file, never a wall of
+    traceback: the line says what failed, the file is what to attach to a bug report.
+    """
+    import time
+    import traceback
+
+    logs = cache_root() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{what}.log"
+    path.write_text("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), encoding="utf-8")
+    return path

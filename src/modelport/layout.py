@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from .errors import ModelportError
 from .fsutil import read_json, write_json
@@ -75,3 +76,52 @@ def check_pooling_carried(out: Path, recipe: Recipe) -> None:
     if shipped != (recipe.pooling, recipe.normalize):
         raise ModelportError(
             f"pooling config in {out} says {shipped}, the reference used {(recipe.pooling, recipe.normalize)}")
+
+
+# Files a decoder artifact carries beside its weights (whichever the checkpoint has).
+LM_CLIENT_FILES = ("generation_config.json", "tokenizer.json", "special_tokens_map.json", "added_tokens.json",
+                   "chat_template.jinja", "chat_template.json")
+
+
+def write_client_files(source, recipe, out: Path, *, max_length: int | None = None,
+                       config_updates: dict[str, Any] | None = None,
+                       tokenizer_updates: dict[str, Any] | None = None,
+                       files: tuple[str, ...] = LM_CLIENT_FILES) -> list[str]:
+    """config.json, tokenizer and chat template into `out`, the same way for every decoder target.
+
+    - config.json: every quirk of the architecture applies its config rewrite (`Quirk.apply_config`,
+      e.g. rope-parameters writes a top-level rope_theta), then the target's `config_updates`.
+    - tokenizer_config.json: the chat template inline (transformers 5 keeps it in chat_template.jinja,
+      which transformers.js and older readers do not read; the .jinja file is copied too), a tokenizer
+      class older readers know (transformers 5 writes the generic `TokenizersBackend`),
+      `model_max_length` when given (clients truncate there), then `tokenizer_updates`.
+    Returns the relative paths written.
+    """
+    from .recipes import read_chat_template
+
+    out.mkdir(parents=True, exist_ok=True)
+    if not (source.path / "tokenizer.json").is_file():
+        raise ModelportError(f"no tokenizer.json in {source.path}: on-device clients need the fast tokenizer file")
+    config = read_json(source.path / "config.json")
+    for quirk in recipe.architecture.quirks:
+        quirk.apply_config(config)
+    config.update(config_updates or {})
+    write_json(out / "config.json", config)
+    written = ["config.json"]
+    for name in files:
+        if (source.path / name).is_file():
+            shutil.copyfile(source.path / name, out / name)
+            written.append(name)
+    tok_path = source.path / "tokenizer_config.json"
+    tok_cfg = read_json(tok_path) if tok_path.is_file() else {}
+    template = read_chat_template(source.path)
+    if template is not None:
+        tok_cfg["chat_template"] = template
+    if tok_cfg.get("tokenizer_class") in (None, "TokenizersBackend"):
+        tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if max_length is not None:
+        tok_cfg["model_max_length"] = max_length
+    tok_cfg.update(tokenizer_updates or {})
+    write_json(out / "tokenizer_config.json", tok_cfg)
+    written.append("tokenizer_config.json")
+    return written

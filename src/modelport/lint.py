@@ -22,7 +22,8 @@ from .errors import ModelportError
 from .fsutil import read_json
 from .recipes import CAUSAL_LM, SENTENCE_ENCODER, Recipe
 
-ALL_TARGETS = ("onnx", "coreml", "mlx", "mlc")
+# A rule about the checkpoint itself (tokenizer, pooling) applies to every registered target, present and future.
+ALL_TARGETS = ("*",)
 ALL_FAMILIES = (SENTENCE_ENCODER, CAUSAL_LM)
 
 
@@ -169,7 +170,7 @@ RULES: tuple[Rule, ...] = (
 
 def run(model_dir: Path, config: dict[str, Any], recipe: Recipe, target: str) -> list[Finding]:
     family = recipe.architecture.family
-    return [f for rule in RULES if target in rule.targets and family in rule.families
+    return [f for rule in RULES if (target in rule.targets or rule.targets == ALL_TARGETS) and family in rule.families
             for f in rule.check(model_dir, config, recipe)]
 
 

@@ -30,6 +30,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from .fsutil import read_json, write_json
+from .recipes import eos_list  # noqa: F401  (re-exported: lm.eos_list is part of the decoder spine)
 
 GOLDEN_VERSION = "1"
 STEPS = 16
@@ -123,12 +124,6 @@ class LMGolden:
         return (Path(root) / REFERENCE_DIR / f"{name}.npz").is_file()
 
 
-def eos_list(eos: Any) -> list[int]:
-    if eos is None:
-        return []
-    return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
-
-
 def greedy_pick(logits: np.ndarray, eos_ids: list[int]) -> int:
     """argmax with EOS masked (the first index on ties, like torch.argmax and JS argmax)."""
     row = np.array(logits, dtype=np.float32, copy=True)
@@ -175,12 +170,13 @@ def render_prompt(tokenizer, prompt: Prompt) -> tuple[str, bool, bool]:
     return text, True, False
 
 
-def _load_causal_lm(model_dir: Path, state_dict: dict[str, np.ndarray] | None, dtype=None):
+def _load_causal_lm(model_dir: Path, state_dict: dict[str, np.ndarray] | None, dtype=None,
+                    trust_remote_code: bool = False):
     import torch
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
-    model.eval()
+    from .torch_model import load_causal_lm
+
+    model = load_causal_lm(model_dir, trust_remote_code=trust_remote_code)
     if state_dict:
         replace_weights(model, state_dict, dtype or torch.float32)
     return model.to(dtype) if dtype is not None else model
@@ -221,6 +217,7 @@ def replace_weights(model, state_dict: dict[str, np.ndarray], dtype=None) -> Non
 
 def compute_golden(model_dir: Path, state_dict: dict[str, np.ndarray] | None = None,
                    progress: Callable[[], Any] | None = None, prompts: tuple[Prompt, ...] = PROMPTS,
+                   trust_remote_code: bool = False,
                    steps: int = STEPS) -> LMGolden:
     """Run the PyTorch causal LM (eager attention) on the fixed prompts.
 
@@ -241,7 +238,7 @@ def compute_golden(model_dir: Path, state_dict: dict[str, np.ndarray] | None = N
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dtype = torch.float64 if state_dict else torch.float32
     weights_replaced = bool(state_dict)
-    model = _load_causal_lm(model_dir, state_dict, dtype)  # consumes state_dict (peak memory)
+    model = _load_causal_lm(model_dir, state_dict, dtype, trust_remote_code)  # consumes state_dict (peak memory)
     cfg = model.config
     eos = eos_list(model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None
                    else cfg.eos_token_id)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import ModelportError
 from .fsutil import read_json
@@ -21,10 +21,20 @@ from .fsutil import read_json
 
 @dataclass(frozen=True)
 class Quirk:
-    """A named property of a checkpoint family that a converter must handle deliberately."""
+    """A named property of a checkpoint family that a converter must handle deliberately.
+
+    A quirk is code, not a label, where it can be: `config_fix` is the rewrite of config.json the
+    quirk asks for; `layout.write_client_files` applies it to every artifact of every target, so no
+    target can forget it (Core ML decoders once shipped configs without the rope fix).
+    """
 
     name: str
     why: str
+    # config dict -> notes; rewrites the config.json an artifact ships (in place)
+    config_fix: Callable[[dict[str, Any]], list[str]] | None = None
+
+    def apply_config(self, config: dict[str, Any]) -> list[str]:
+        return self.config_fix(config) if self.config_fix else []
 
 
 @dataclass(frozen=True)
@@ -80,12 +90,28 @@ GQA = Quirk(
     "cache tensors' head count and head_dim are fixed numbers in the graph (transformers.js sizes the "
     "empty cache from them).",
 )
+def top_level_rope(config: dict[str, Any]) -> list[str]:
+    """rope_parameters' theta (and scaling, for scaled types) copied to the top level, where readers
+    built for transformers 4 look (quirk rope-parameters)."""
+    notes = []
+    params = config.get("rope_parameters")
+    theta = rope_theta_of(config)
+    if theta is not None and config.get("rope_theta") is None:
+        config["rope_theta"] = theta
+        notes.append(f"rope_theta={theta} was only in rope_parameters (transformers 5): written at the top level too")
+    if isinstance(params, dict) and params.get("rope_type", "default") != "default" and not config.get("rope_scaling"):
+        config["rope_scaling"] = {k: v for k, v in params.items() if k != "rope_theta"}
+        notes.append("rope_scaling written at the top level from rope_parameters")
+    return notes
+
+
 ROPE_PARAMETERS = Quirk(
     "rope-parameters",
     "transformers 5 writes rope_theta/rope scaling inside `rope_parameters`; readers built for "
     "transformers 4 (optimum-onnx, older transformers, mlx-lm versions) look for a top-level `rope_theta` "
     "and silently fall back to a default (SmolLM3: 2e6 read as 1e4, logits off by 3.7). The artifact's "
     "config.json gets a top-level rope_theta copy; the lint names checkpoints that lack it.",
+    top_level_rope,
 )
 QK_NORM = Quirk(
     "qk-norm",
@@ -124,7 +150,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     for a in (
         Architecture(
             model_type="bert",
-            family="sentence-encoder",
+            family=SENTENCE_ENCODER,
             inputs=("input_ids", "attention_mask", "token_type_ids"),
             default_pooling="mean",
             quirks=(TORCH_EXPORT_ONLY, PADDING_ROWS_UNDEFINED),
@@ -132,7 +158,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         ),
         Architecture(
             model_type="xlm-roberta",
-            family="sentence-encoder",
+            family=SENTENCE_ENCODER,
             inputs=("input_ids", "attention_mask"),
             default_pooling="cls",
             position_offset=2,
@@ -369,7 +395,7 @@ def rope_theta_of(config: dict[str, Any]) -> float | None:
     return None
 
 
-def _read_chat_template(model_dir: Path) -> str | None:
+def read_chat_template(model_dir: Path) -> str | None:
     """The chat template as transformers 5 (chat_template.jinja) or 4 (tokenizer_config.json) stores it."""
     jinja = model_dir / "chat_template.jinja"
     if jinja.is_file():
@@ -382,10 +408,15 @@ def _read_chat_template(model_dir: Path) -> str | None:
     return None
 
 
+def eos_list(eos: Any) -> list[int]:
+    """An eos_token_id field (absent, one id, or a list) as a list of ids."""
+    if eos is None:
+        return []
+    return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
+
+
 def _eos_ids(model_dir: Path, config: dict[str, Any]) -> list[int]:
     """EOS ids: generation_config.json first (what generate() stops on), then config.json."""
-    from .lm import eos_list
-
     gen = model_dir / "generation_config.json"
     if gen.is_file() and read_json(gen).get("eos_token_id") is not None:
         return eos_list(read_json(gen)["eos_token_id"])
@@ -400,7 +431,7 @@ def lm_recipe_for(model_dir: Path, config: dict[str, Any], arch: Architecture) -
     eos = _eos_ids(model_dir, config)
     if not eos:
         notes.append("no eos_token_id in generation_config.json or config.json: greedy checks never stop early anyway")
-    template = _read_chat_template(model_dir)
+    template = read_chat_template(model_dir)
     if template is None:
         notes.append("no chat template: the chat prompt is validated as plain text")
     group, group_notes = _quant_group_size(config, arch)

@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import manifest as manifest_mod
 from .errors import ModelportError
@@ -215,44 +215,26 @@ def _size(n: int | None) -> str:
     return "–" if n is None else f"{n / 1e6:.1f} MB"
 
 
-def lm_verdict_table(rows: list[Row]) -> str:
-    """Decoder LLM rows: logits distances (Python validator) or generated tokens (transformers.js)."""
-    head = ["variant", "runtime", "verdict", "prefill max abs", "step max abs", "KV vs full", "greedy = golden",
-            "greedy = Python ORT", "size", "time", "notes"]
+def html_verdict_table(head: list[str], rows: list[Row], figures: Callable[[Row], list[str]], *,
+                       cases: bool) -> str:
+    """The verdict table every family's `verdict_table_html` builds: variant, runtime, verdict, the
+    family's figure columns (`head`, `figures(row)`: already HTML), size, time, (cases), notes."""
+    head = ["variant", "runtime", "verdict", *head, "size", "time", *(["cases"] if cases else []), "notes"]
     out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for r in rows:
-        m = r.metrics
-        total = m.get("greedy_total")
-        gold = m.get("greedy_equal_golden", m.get("greedy_equal"))
-        cells = [html.escape(c) for c in (r.variant, r.runtime, VERDICT_TEXT.get(r.verdict, r.verdict))] + [
-            _num(m.get("prefill_max_abs"), ".2e"), _num(m.get("step_max_abs"), ".2e"),
-            _num(m.get("kv_vs_full_max_abs"), ".2e"), f"{gold}/{total}" if total else "–",
-            f"{m['greedy_equal_python_ort']}/{total}" if "greedy_equal_python_ort" in m else "–",
-            _size(r.size_bytes), _num(r.seconds, ".1f") + (" s" if r.seconds else ""),
-            "<br>".join(html.escape(n[:400]) for n in r.notes),
-        ]
+        cells = [html.escape(c) for c in (r.variant, r.runtime, VERDICT_TEXT.get(r.verdict, r.verdict))]
+        cells += figures(r) + [_size(r.size_bytes), _num(r.seconds, ".1f") + (" s" if r.seconds else "")]
+        cells += [html.escape(r.cases)] if cases else []
+        cells.append("<br>".join(html.escape(n[:400]) for n in r.notes))
         out.append(f'<tr class="{html.escape(r.verdict)}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return "\n".join(out) + "</table>"
 
 
-def verdict_table(rows: list[Row]) -> str:
-    measured = [r for r in rows if r.metrics]
-    if measured and all("greedy_total" in r.metrics for r in measured):
-        return lm_verdict_table(rows)
-    head = ["variant", "runtime", "verdict", "tok max abs", "emb max abs", "cos min", "cos mean", "top-5",
-            "vs Python ORT", "size", "time", "cases", "notes"]
-    out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
-    for r in rows:
-        m = r.metrics
-        cells = [r.variant, r.runtime, VERDICT_TEXT.get(r.verdict, r.verdict)]
-        cells = [html.escape(c) for c in cells] + [
-            _num(m.get("tokens_max_abs"), ".2e"), _num(m.get("pooled_max_abs"), ".2e"), _num(m.get("cos_min"), ".6f"),
-            _num(m.get("cos_mean"), ".6f"), _num(m.get("top5_mean"), ".2f"), _num(r.vs_ort, ".1e"),
-            _size(r.size_bytes), _num(r.seconds, ".1f") + (" s" if r.seconds else ""), html.escape(r.cases),
-            "<br>".join(html.escape(n[:400]) for n in r.notes),
-        ]
-        out.append(f'<tr class="{html.escape(r.verdict)}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return "\n".join(out) + "</table>"
+def verdict_table(man: dict[str, Any], rows: list[Row]) -> str:
+    """The artifact's family draws the table (its own figure columns)."""
+    from . import families
+
+    return families.of_manifest(man).verdict_table_html(rows)
 
 
 def tokenizer_section(man: dict[str, Any]) -> str:
@@ -314,7 +296,7 @@ def artifact_section(root: Path, man: dict[str, Any]) -> str:
 created {created}; command <code>{html.escape(' '.join(man.get('command', [])))}</code>.
 Python validation status: <b>{html.escape(str(val.get('status', 'not-run')))}</b>.</p>
 {f'<ul>{notes}</ul>' if notes else ''}
-<h3>Verdicts</h3>{verdict_table(rows) if rows else '<p>Not validated yet.</p>'}
+<h3>Verdicts</h3>{verdict_table(man, rows) if rows else '<p>Not validated yet.</p>'}
 <h3>Clients</h3>{clients_section(man) or '<p>No client run recorded.</p>'}
 <h3>Tokenizer parity (client token ids vs golden)</h3>{tokenizer_section(man)}
 <h3>Plots</h3>{plots or '<p>No per-case figures recorded.</p>'}

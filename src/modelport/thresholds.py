@@ -1,12 +1,12 @@
 """Pass/fail thresholds per precision, shared by every target (ONNX, Core ML, MLX, MLC).
 
-This is the one table; the README reproduces it. fp32 must reproduce PyTorch to 1e-5 max abs on
+This is the one table; docs/validation.md reproduces it. fp32 must reproduce PyTorch to 1e-5 max abs on
 every non-padding token and on the pooled embedding (exporters measure ~3e-6 here; PyTorch itself
 moves 2.5e-6 between attention kernels, so 1e-6 would be noise, 1e-5 is not). Reduced precisions
 are judged the way their users judge them: cosine of the sentence embedding against fp32 PyTorch
 and agreement of top-5 retrieval on the validation corpus.
 
-How the reduced-precision numbers were set: measured on all-MiniLM-L6-v2 (the README has the
+How the reduced-precision numbers were set: measured on all-MiniLM-L6-v2 (docs/measurements.md has the
 figures and the command), then set below the measurement with a margin that still fails a
 clearly broken artifact (a dropped LayerNorm or a mis-scaled block costs far more than the margin).
 
@@ -125,10 +125,10 @@ class LMThreshold:
         return value * logit_scale if self.relative else value
 
 
-# fp32: 1e-5 max abs on logits of |value| <= 14. Measured (README "Decoder LLMs"): 3.8e-6 to 8.6e-6
+# fp32: 1e-5 max abs on logits of |value| <= 14. Measured (docs/measurements.md, "Decoder LLMs"): 3.8e-6 to 8.6e-6
 # over llama/qwen2/qwen3/smollm3; PyTorch's own cached decode differs from its own full recompute by
 # up to 8.6e-6 on the same models, so the gate sits just above fp32 arithmetic noise. The export
-# uses eager attention for this reason (targets/onnx_lm.load_causal_lm).
+# uses eager attention for this reason (torch_model.load_causal_lm, the one decoder loader).
 _LM_FP32 = 1e-5
 # fp16 (weights, activations in float16; fp32 logits and KV cache at the graph boundary), as a
 # fraction of the golden's largest |logit|: float16 keeps 11 significant bits (unit roundoff
@@ -149,7 +149,7 @@ LM_THRESHOLDS: dict[str, LMThreshold] = {
     "q4f16": LMThreshold("dequantized", LM_FP16_REL, LM_FP16_REL, LM_FP16_REL, relative=True),
     # Weight-only group-wise formats (MLX q8/q4 = precisions w8/w4) with float32 compute: the same rule as
     # q4 (the runtime must reproduce PyTorch on the weights the file stores). Measured on the tiny
-    # decoders: MLX q8/q4 worst 7.6e-6 (Core ML w8/w4: README, Core ML section).
+    # decoders: MLX q8/q4 worst 7.6e-6 (Core ML w8/w4: docs/targets/coreml.md).
     "w8": LMThreshold("dequantized", _LM_FP32, _LM_FP32, _LM_FP32),
     "w4": LMThreshold("dequantized", _LM_FP32, _LM_FP32, _LM_FP32),
 }

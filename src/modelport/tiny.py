@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from .fsutil import write_json
-from .source import cache_root
+from .fsutil import cache_root
 from .validation_set import TEXTS
 
 SEED = 20261122
@@ -66,9 +66,9 @@ def _build_bert_arctic(out: Path) -> None:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from .source import MODELS
+    from .packaged import minilm as packaged_minilm
 
-    minilm, _ = MODELS["all-minilm-l6-v2"].materialize()
+    minilm, _ = packaged_minilm()
     tok = AutoTokenizer.from_pretrained(minilm)
     tok.model_max_length = 512
     tok.save_pretrained(out)

@@ -7,7 +7,8 @@ pooled sentence embedding. Eager attention: it is the kernel every exporter trac
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import ModelportError
 
@@ -33,6 +34,36 @@ def load_hf_model(source: "ModelSource") -> "torch.nn.Module":
     except (OSError, ValueError) as e:
         raise ModelportError(f"transformers could not load {source.path}: {str(e).splitlines()[0]}") from e
     return model.eval()
+
+
+def load_causal_lm(path: Path, *, trust_remote_code: bool = False, use_safetensors: bool | None = None,
+                   dtype: Any = None) -> Any:
+    """The one decoder loader every target and the golden use: float32, eager attention, eval mode.
+
+    One policy for all of them (they used to disagree: four loaders, three flag sets):
+    - eager attention, the kernel the golden uses: with SDPA, torch.onnx decomposes attention as
+      softmax((Q*sqrt(s)) @ (K*sqrt(s))^T), a different rounding from eager's (Q @ K^T) * s: measured
+      on tiny-smollm3, cached-decode logits moved from 8.6e-6 (eager) to 1.12e-5 (SDPA) max abs
+      against the golden, over the 1e-5 fp32 gate; both graphs have the same ops otherwise.
+    - trust_remote_code only when the user passed --trust-remote-code (source.inspect refuses auto_map
+      otherwise); safetensors unless the user allowed pickle weights and the checkpoint has them.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype or torch.float32, attn_implementation="eager", trust_remote_code=trust_remote_code,
+            **({} if use_safetensors is None else {"use_safetensors": use_safetensors}))
+    except (OSError, ValueError) as e:
+        raise ModelportError(f"transformers could not load {path}: {str(e).splitlines()[0]}") from e
+    return model.eval()
+
+
+def load_causal_lm_source(source: "ModelSource") -> Any:
+    """`load_causal_lm` with the checked source's own policy (remote code, weight format)."""
+    return load_causal_lm(source.path, trust_remote_code=source.trust_remote_code,
+                          use_safetensors=not any(p.suffix != ".safetensors" for p in source.weight_files))
 
 
 def load_tokenizer(source: "ModelSource"):

@@ -1,23 +1,25 @@
-"""Run every variant of an artifact on the golden inputs and judge it against the threshold table.
+"""Run every variant of an artifact on the golden inputs and judge it against its family's gates.
 
 Only the artifact directory is needed: the golden inputs/outputs travel inside it, and the
 target's runtime (onnxruntime, ...) is imported lazily, so this runs in the small validator image.
+One loop for every (target, family) pair: the registry gives the converter that wrote the artifact,
+its `ArtifactSession` gives a runner per variant, the family judges the runner against its golden.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
+from . import families
 from . import manifest as manifest_mod
-from . import targets
 from .errors import ModelportError
-from .metrics import Metrics, case_diff, summarize, topk_agreement
-from .reference import Golden
-from .thresholds import LM_THRESHOLDS, THRESHOLDS, check, check_lm
+from .manifest import TargetInfo
+from .targets import REGISTRY
+from .targets.registry import require_packages
 
 
 @dataclass
@@ -25,20 +27,19 @@ class VariantResult:
     variant: str
     precision: str
     passed: bool
-    metrics: Metrics | None
+    metrics: Any | None  # the family's metrics object (to_json())
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
-    family: str = "sentence-encoder"
+    gate: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        table = LM_THRESHOLDS if self.family == "causal-lm" else THRESHOLDS
         return {
             "variant": self.variant,
             "precision": self.precision,
             "verdict": "pass" if self.passed else "fail",
-            "thresholds": table[self.precision].to_json() if self.precision in table else None,
+            "thresholds": self.gate,
             "metrics": self.metrics.to_json() if self.metrics else None,
             "failures": self.failures,
             "notes": self.notes,
@@ -70,42 +71,11 @@ class Report:
         }
 
 
-def evaluate(golden: Golden, run: Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]],
-             batch_invariant: bool) -> tuple[Metrics, list[str]]:
-    """Run one variant over the golden cases and compute its metrics."""
-    diffs = []
-    notes = []
-    singles: dict[int, np.ndarray] = {}
-    for case in golden.cases:
-        feeds = golden.inputs(case["name"])
-        hidden, pooled = run(feeds)
-        diff = case_diff(case["name"], feeds["attention_mask"], golden.output(case["name"], "last_hidden_state"),
-                         hidden, golden.output(case["name"], "sentence_embedding"), pooled)
-        if case["batched"] and not batch_invariant:
-            notes.append(f"{case['name']}: batch result depends on padding for this format; "
-                         f"reported, not gated (cos min {min(diff.cosines):.4f})")
-            continue
-        diffs.append(diff)
-        if not case["batched"]:
-            singles[case["text_ids"][0]] = pooled[0]
-    ref = np.stack([golden.output(c["name"], "sentence_embedding")[0] for c in golden.cases if not c["batched"]])
-    got = np.stack([singles[i] for i in range(len(golden.meta["texts"]))])
-    top5 = topk_agreement(ref, got, golden.meta["query_ids"], golden.meta["corpus_ids"])
-    return summarize(diffs, top5), notes
-
-
-def validate(root: Path, variants: list[str] | None = None, progress: Callable[[str], Any] | None = None) -> Report:
-    """Validate an artifact with its family's validator (the manifest's recipe says which)."""
-    man = manifest_mod.load(root)
-    family = man.get("recipe", {}).get("family", "sentence-encoder")
-    return VALIDATORS[family](root, man, variants, progress)
-
-
-def _selected(target_info: dict[str, Any], variants: list[str] | None) -> list[str]:
-    names = variants or list(target_info["variants"])
+def _selected(info: TargetInfo, variants: list[str] | None) -> list[str]:
+    names = variants or list(info.variants)
     for name in names:
-        if name not in target_info["variants"]:
-            raise ModelportError(f"variant {name!r} is not in this artifact ({', '.join(target_info['variants'])})")
+        if name not in info.variants:
+            raise ModelportError(f"variant {name!r} is not in this artifact ({', '.join(info.variants)})")
     return names
 
 
@@ -113,107 +83,42 @@ def _error_line(e: Exception) -> str:
     return f"could not run: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
 
 
-def validate_lm(root: Path, man: dict[str, Any], variants: list[str] | None,
-                progress: Callable[[str], Any] | None) -> Report:
-    """Decoder LLMs: each variant's runner through lm.evaluate_lm, judged by thresholds.LM_THRESHOLDS.
-
-    Quantized precisions are gated against PyTorch on their own dequantized weights
-    (reference/lm_golden_<variant>); their distance to the fp32 golden (top-1 agreement, KL,
-    greedy tokens, max abs) is reported under extra.vs_fp32, not gated.
-    """
-    import time
-
-    from .lm import LMGolden, evaluate_lm, golden_name
-
-    target_info = man["target"]
-    module = targets.get(target_info["name"])
-    fp32_golden = LMGolden.load(root)
-    results = []
-    for name in _selected(target_info, variants):
-        precision = target_info["variants"][name]["precision"]
-        if precision not in LM_THRESHOLDS:
-            results.append(VariantResult(name, precision, False, None, [
-                f"no decoder gate for precision {precision!r} (thresholds.LM_THRESHOLDS has "
-                f"{', '.join(LM_THRESHOLDS)})"], family="causal-lm"))
-            continue
-        gate = LM_THRESHOLDS[precision]
-        if progress:
-            progress(f"validate {name} ({fp32_golden.steps} greedy steps x {len(fp32_golden.prompts)} prompts)")
-        t0 = time.perf_counter()
-        extra: dict[str, Any] = {}
-        try:
-            runner = module.load_lm_runner(root, name)
-            if gate.reference == "dequantized":
-                if not LMGolden.exists(root, golden_name(name)):
-                    raise FileNotFoundError(f"reference/{golden_name(name)}.npz (the dequantized-weights golden) "
-                                            "is missing from the artifact")
-                golden = LMGolden.load(root, golden_name(name))
-            else:
-                golden = fp32_golden
-            metrics = evaluate_lm(golden, runner)
-            if golden is not fp32_golden:
-                vs = evaluate_lm(fp32_golden, runner)
-                extra["vs_fp32"] = {k: v for k, v in vs.to_json().items() if k != "prompts"}
-        except Exception as e:  # a variant that cannot load or run is a failed variant, not a crash
-            results.append(VariantResult(name, precision, False, None, [_error_line(e)], family="causal-lm"))
-            continue
-        failures = check_lm(precision, metrics)
-        if hasattr(module, "lm_extra_metrics"):  # e.g. Core ML itself on macOS, next to the interpreter
-            more = module.lm_extra_metrics(root, name, golden)
-            failures += more.pop("failures", [])
-            extra.update(more)
-        notes = [f"gated against the {gate.reference} golden"]
-        if "vs_fp32" in extra:
-            v = extra["vs_fp32"]
-            notes.append(f"vs fp32 PyTorch (not gated): top-1 {v['top1_agreement']:.3f}, KL {v['kl_mean']:.2e}, "
-                         f"greedy {v['greedy_equal']}/{v['greedy_total']}, max abs {v['step_max_abs']:.3g}")
-        results.append(VariantResult(name, precision, not failures, metrics, failures, notes,
-                                     time.perf_counter() - t0, extra, family="causal-lm"))
-    runtime = ", ".join(f"{k} {v}" for k, v in module.runtime_versions().items())
-    runtime_notes = module.runtime_notes(root) if hasattr(module, "runtime_notes") else []
-    return Report(target=target_info["name"], runtime=runtime, results=results, notes=runtime_notes,
-                  family="causal-lm")
-
-
-def validate_encoder(root: Path, man: dict[str, Any], variants: list[str] | None,
-                     progress: Callable[[str], Any] | None) -> Report:
-    import time
-
-    target_info = man["target"]
-    module = targets.get(target_info["name"])
-    golden = Golden.load(root)
-    names = variants or list(target_info["variants"])
+def validate(root: Path, variants: list[str] | None = None, progress: Callable[[str], Any] | None = None) -> Report:
+    """Validate an artifact: every selected variant through its runtime, judged by its family."""
+    man = manifest_mod.load(root)
+    info = TargetInfo.from_json(man["target"])
+    family = families.get(info.family)
+    converter = REGISTRY.converter(info.name, info.family)
+    names = _selected(info, variants)
+    spec = REGISTRY.target(info.name)
+    # a missing runtime is the environment's fault (exit 3 naming the image), not a failed variant
+    require_packages(type(converter).runtime_requires, info.name, spec.extra, spec.image, "validating")
+    session = converter.open(root)
+    golden = family.load_golden(root)
     results = []
     for name in names:
-        if name not in target_info["variants"]:
-            raise ModelportError(f"variant {name!r} is not in this artifact ({', '.join(target_info['variants'])})")
-        precision = target_info["variants"][name]["precision"]
+        precision = info.variants[name].precision
+        gate = family.gate_json(precision)
+        if gate is None:
+            results.append(VariantResult(name, precision, False, None, [
+                f"no {family.name} gate for precision {precision!r} (the family's threshold table has "
+                f"{', '.join(family.thresholds)})"]))
+            continue
         if progress:
-            progress(f"validate {name}")
+            progress(family.describe_run(name, golden))
         t0 = time.perf_counter()
         try:
-            run = module.load_runner(root, name)
-            metrics, notes = evaluate(golden, run, THRESHOLDS[precision].batch_invariant)
+            runner = session.runner(name)
+            judged = family.judge(root, golden, name, precision, runner)
         except Exception as e:  # a variant that cannot load or run is a failed variant, not a crash
-            results.append(VariantResult(name, precision, False, None,
-                                         [f"could not run: {type(e).__name__}: {str(e).splitlines()[0][:300]}"]))
+            results.append(VariantResult(name, precision, False, None, [_error_line(e)], gate=gate))
             continue
-        failures = check(precision, metrics)
-        extra: dict[str, Any] = {}
-        if hasattr(module, "extra_metrics"):
-            extra = module.extra_metrics(root, name, run, golden)
-            failures += extra.pop("failures", [])
-        results.append(VariantResult(name, precision, not failures, metrics, failures, notes,
-                                     time.perf_counter() - t0, extra))
-    runtime = ", ".join(f"{k} {v}" for k, v in module.runtime_versions().items())
-    runtime_notes = module.runtime_notes(root) if hasattr(module, "runtime_notes") else []
-    return Report(target=target_info["name"], runtime=runtime, results=results, notes=runtime_notes)
-
-
-VALIDATORS: dict[str, Callable[..., Report]] = {
-    "sentence-encoder": validate_encoder,
-    "causal-lm": validate_lm,
-}
+        more = session.extra_metrics(name, runner, judged.against if judged.against is not None else golden)
+        failures = judged.failures + more.pop("failures", [])
+        results.append(VariantResult(name, precision, not failures, judged.metrics, failures, judged.notes,
+                                     time.perf_counter() - t0, {**judged.extra, **more}, gate))
+    runtime = ", ".join(f"{k} {v}" for k, v in converter.runtime_versions().items())
+    return Report(target=info.name, runtime=runtime, results=results, notes=session.notes(), family=family.name)
 
 
 def record(root: Path, report: Report) -> None:
@@ -222,8 +127,6 @@ def record(root: Path, report: Report) -> None:
     Real-client results (validation.clients, from `modelport clients`) are kept: re-validating does
     not re-run them, and each records the sha256 of the file it ran, so a later change shows as stale.
     """
-    import os
-
     man = manifest_mod.load(root)
     clients = man.get("validation", {}).get("clients")
     man["validation"] = report.to_json()

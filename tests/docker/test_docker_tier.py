@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import threading
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ import pytest
 from .conftest import SUMMARY
 
 ROOT = Path(__file__).resolve().parents[2]
+# Images are tagged modelport/<name>:<pyproject's version> (the Makefile's VERSION).
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 # Debian's docker.io client (BuildKit built in), which the engine fixture installs when missing.
 # Resolved here as a fixed path, not by looking at PATH at import time: before the fixture runs, the
 # only client may be one without buildx (/usr/local/bin/docker on this machine), which cannot build.
@@ -53,7 +56,7 @@ def drop_image(name: str) -> None:
 
     The tier's disk peak is then base + onnx + validator + the one toolchain image being built,
     not every image at once: CI machines share a disk whose free space varies (it once ran out)."""
-    sh(DOCKER, "rmi", f"modelport/{name}:0.1.0", check=False)
+    sh(DOCKER, "rmi", f"modelport/{name}:{VERSION}", check=False)
     (ROOT / "build/stamps" / f"image-{name}").unlink(missing_ok=True)
 
 
@@ -118,7 +121,7 @@ def test_make_webgpu_produces_a_validated_artifact(images: dict[str, str]) -> No
     assert man["images"]["validate"].endswith(images["validator"])
     # The validator needs only the artifact and onnxruntime: no torch in its image.
     probe = "import importlib.util as u; print(u.find_spec('torch') is None, u.find_spec('onnxruntime') is not None)"
-    assert sh(DOCKER, "run", "--rm", "--network", "none", "--entrypoint", "python", "modelport/validator:0.1.0",
+    assert sh(DOCKER, "run", "--rm", "--network", "none", "--entrypoint", "python", f"modelport/validator:{VERSION}",
               "-c", probe).stdout.split() == ["True", "True"]
     from modelport.manifest import verify_files
 
@@ -212,13 +215,13 @@ def test_validator_image_rebuilds_to_the_same_id(images: dict[str, str]) -> None
     """
     tag = "modelport/validator:repro"
     sh(DOCKER, "build", "--no-cache", "--network", "none", "--build-arg", f"BASE={BASE}",
-       "--build-arg", f"SOURCE_DATE_EPOCH={_epoch()}",
+       "--build-arg", f"SOURCE_DATE_EPOCH={_epoch()}", "--build-arg", f"VERSION={VERSION}",
        "-f", "images/validator/Dockerfile", "-t", f"{tag}-raw", ".", env={"DOCKER_BUILDKIT": "1"})
     out = sh(f"{ROOT}/.venv/bin/python", "scripts/normalize_image.py", "--remove-source", f"{tag}-raw", tag,
              env={"SOURCE_DATE_EPOCH": _epoch(), "DOCKER": DOCKER})
     rebuilt = out.stdout.split()[0]
     diff = "" if rebuilt == images["validator"] else sh(
-        f"{ROOT}/.venv/bin/python", "scripts/diff_images.py", "modelport/validator:0.1.0", tag, check=False,
+        f"{ROOT}/.venv/bin/python", "scripts/diff_images.py", f"modelport/validator:{VERSION}", tag, check=False,
         env={"DOCKER": DOCKER}).stdout
     sh(DOCKER, "rmi", tag, check=False)
     sh(DOCKER, "builder", "prune", "-af", check=False)

@@ -70,7 +70,7 @@ class OrtReference:
     """Python onnxruntime outputs on the clients' exact inputs, computed once per variant and inputs."""
 
     def __init__(self, root: Path) -> None:
-        from ..targets import onnx as onnx_target
+        from ..targets.onnx import encoder as onnx_target
 
         self._load = lambda variant: onnx_target.load_runner(root, variant)
         self._runners: dict[str, compare.Runner] = {}

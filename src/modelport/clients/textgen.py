@@ -9,7 +9,7 @@ mask), its logits processors, and its ONNX Runtime build. Each golden prompt goe
    prompt through transformers.js's own rendering of the chat template). When they differ, the
    generated tokens are not comparable and the run fails on the tokenizer alone.
 2. the generated tokens must equal Python onnxruntime's greedy tokens for the same file
-   (lm.runner_greedy over targets/onnx_lm.OrtLMRunner): same graph, same ids, so any difference
+   (lm.runner_greedy over targets/onnx/decoder.OrtLMRunner): same graph, same ids, so any difference
    is the client's generation loop or its runtime.
 3. the generated tokens against the variant's gating golden (thresholds.LM_THRESHOLDS: fp32
    PyTorch, or PyTorch on the dequantized weights for 4-bit), with the same token gate as the
@@ -48,7 +48,7 @@ class OrtTokens:
     """Python onnxruntime's greedy tokens per (variant, input ids), computed once."""
 
     def __init__(self, root: Path, eos: list[int], steps: int) -> None:
-        from ..targets import onnx_lm
+        from ..targets.onnx import decoder as onnx_lm
 
         self._load = lambda v: onnx_lm.load_lm_runner(root, v)
         self.eos, self.steps = eos, steps

@@ -1,0 +1,58 @@
+"""What a family puts in a model card: the pieces `modelcard.render` asks every family for.
+
+A family owns its card sections (families/base.py: `card_usage`, `card_fields`,
+`card_validation_intro`, `card_validation_table`); this module holds what they share: the
+`TargetCard` a usage section is made of and the Markdown table helpers. modelcard.py itself knows no
+family and no metric name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TargetCard:
+    """One usage section: the client it is for, the code fence language, the snippet.
+
+    `snippet` is a str.format template; its fields are modelcard's target-level ones (repo, hub_url,
+    variant, dtypes, variant_file, variant_dir, variant_dirs, model_id, model_lib) plus the family's
+    own `card_fields(man, repo)`.
+    """
+
+    client: str
+    language: str
+    snippet: str
+
+
+def num(x: Any, spec: str) -> str:
+    """A figure, or an en dash when the manifest has none."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return format(x, spec)
+
+
+def mb(n: int | None) -> str:
+    return "–" if n is None else f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+
+
+def variant_size(man: dict[str, Any], variant: str) -> str:
+    """What a variant's file (or folder) weighs, from the manifest's file list."""
+    from ..report import variant_bytes
+
+    return mb(variant_bytes(man, man["target"]["variants"].get(variant, {}).get("file", "")))
+
+
+def table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table: the header line, the rule, one line per row."""
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def leading_cells(man: dict[str, Any], name: str, result: dict[str, Any]) -> list[str]:
+    """The columns every family's table starts with: variant, precision, verdict, size."""
+    return [name, result.get("precision", "?"), result.get("verdict", "?"), variant_size(man, name)]
+
+
+LEADING_HEAD = ["variant", "precision", "verdict", "size"]

@@ -1,0 +1,220 @@
+"""Sentence encoders (BERT, XLM-R, ...): token embeddings + a pooled sentence embedding.
+
+Golden: `reference.Golden` (the fixed validation set: single texts in several scripts and lengths,
+padded batches). A variant is judged on max abs over non-padding tokens and the pooled embedding,
+per-text cosine, and top-5 retrieval agreement (`thresholds.THRESHOLDS`). Formats whose batched
+result depends on padding (dynamic int8) are judged one input at a time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import reference
+from ..metrics import Metrics, case_diff, summarize, topk_agreement
+from ..recipes import SENTENCE_ENCODER
+from ..reference import Golden
+from ..thresholds import THRESHOLDS, check
+from .base import Family, Judgement, Progress
+from .cards import LEADING_HEAD, TargetCard, leading_cells, num, table
+
+# A runner maps input arrays (by name) to (last_hidden_state, sentence_embedding).
+EncoderRunner = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
+
+
+def evaluate(golden: Golden, run: EncoderRunner, batch_invariant: bool) -> tuple[Metrics, list[str]]:
+    """Run one variant over the golden cases and compute its metrics."""
+    diffs = []
+    notes = []
+    singles: dict[int, np.ndarray] = {}
+    for case in golden.cases:
+        feeds = golden.inputs(case["name"])
+        hidden, pooled = run(feeds)
+        diff = case_diff(case["name"], feeds["attention_mask"], golden.output(case["name"], "last_hidden_state"),
+                         hidden, golden.output(case["name"], "sentence_embedding"), pooled)
+        if case["batched"] and not batch_invariant:
+            notes.append(f"{case['name']}: batch result depends on padding for this format; "
+                         f"reported, not gated (cos min {min(diff.cosines):.4f})")
+            continue
+        diffs.append(diff)
+        if not case["batched"]:
+            singles[case["text_ids"][0]] = pooled[0]
+    ref = np.stack([golden.output(c["name"], "sentence_embedding")[0] for c in golden.cases if not c["batched"]])
+    got = np.stack([singles[i] for i in range(len(golden.meta["texts"]))])
+    top5 = topk_agreement(ref, got, golden.meta["query_ids"], golden.meta["corpus_ids"])
+    return summarize(diffs, top5), notes
+
+
+class EncoderFamily(Family):
+    name = SENTENCE_ENCODER  # recipes.py names the family of each architecture
+    what = "sentence encoders"
+    pipeline_tag = "feature-extraction"
+    client_task = "feature-extraction"
+    thresholds = THRESHOLDS
+
+    def compute_golden(self, source: Any, recipe: Any, out: Path, step: Progress) -> None:
+        step(f"reference: PyTorch fp32 on validation set ({source.name})")
+        reference.compute(source, recipe).save(out)
+
+    def load_golden(self, root: Path) -> Golden:
+        return Golden.load(root)
+
+    def judge(self, root: Path, golden: Golden, variant: str, precision: str, runner: EncoderRunner) -> Judgement:
+        metrics, notes = evaluate(golden, runner, THRESHOLDS[precision].batch_invariant)
+        return Judgement(metrics, check(precision, metrics), notes)
+
+    def check_clients(self, root: Path, plan: dict[str, list[str] | None], quick: tuple[str, ...],
+                      progress: Progress) -> dict[str, Any]:
+        from .. import clients
+
+        return clients.check(root, plan, quick=quick, progress=progress)
+
+    def clients_table(self, results: dict[str, Any]) -> Any:
+        from .. import clients
+
+        return clients.summary_table(results)
+
+    def report_table(self, report: dict[str, Any]) -> Any:
+        """The validation summary: one row per variant (max abs, cosine, top-5)."""
+        from rich.table import Table
+
+        table = Table(title=f"validation: {report['target']} ({report['runtime']})")
+        for col in ("variant", "verdict", "tok max abs", "pooled max abs", "cos min", "cos mean", "top-5", "time"):
+            table.add_column(col, justify="right" if col not in ("variant", "verdict") else "left")
+        for name, r in report["variants"].items():
+            m = r["metrics"] or {}
+            verdict = "[green]pass[/]" if r["verdict"] == "pass" else "[red]FAIL[/]"
+            fmt = lambda k, f: (f.format(m[k]) if k in m else "-")  # noqa: E731
+            table.add_row(name, verdict, fmt("tokens_max_abs", "{:.2e}"), fmt("pooled_max_abs", "{:.2e}"),
+                          fmt("cos_min", "{:.6f}"), fmt("cos_mean", "{:.6f}"), fmt("top5_mean", "{:.2f}"),
+                          f"{r['seconds']:.1f}s")
+        return table
+
+    def verdict_table_html(self, rows: list[Any]) -> str:
+        """report.html: embedding distances, cosine, top-5, and (clients) distance to Python onnxruntime."""
+        from ..report import html_verdict_table
+
+        head = ["tok max abs", "emb max abs", "cos min", "cos mean", "top-5", "vs Python ORT"]
+        return html_verdict_table(head, rows, lambda r: [
+            num(r.metrics.get("tokens_max_abs"), ".2e"), num(r.metrics.get("pooled_max_abs"), ".2e"),
+            num(r.metrics.get("cos_min"), ".6f"), num(r.metrics.get("cos_mean"), ".6f"),
+            num(r.metrics.get("top5_mean"), ".2f"), num(r.vs_ort, ".1e")], cases=True)
+
+    # --- model card ---------------------------------------------------------------------------------
+    def card_usage(self, target: str) -> TargetCard | None:
+        return ENCODER_CARDS.get(target)
+
+    def card_fields(self, man: dict[str, Any], repo: str) -> dict[str, str]:
+        """Pooling, normalization, input and output names of the snippets, from the manifest's recipe."""
+        target, recipe = man["target"], man.get("recipe", {})
+        inputs = recipe.get("inputs", ["input_ids", "attention_mask"])
+        outputs = target.get("outputs") or recipe.get("outputs") or ["last_hidden_state", "sentence_embedding"]
+        pooling, normalize = recipe.get("pooling", "mean"), bool(recipe.get("normalize", False))
+        pool = ("emb = hidden[:, 0]" if pooling == "cls" else
+                "emb = (hidden * mask[..., None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)")
+        norm = "\nemb = emb / mx.linalg.norm(emb, axis=-1, keepdims=True)" if normalize else ""
+        return {
+            "pooling": pooling,
+            "normalize_js": "true" if normalize else "false",
+            "hidden": str(recipe.get("hidden_size", "?")),
+            "max_length": str(recipe.get("max_length", "?")),
+            "swift_inputs": "\n".join(f"let {_camel(n)} = try MLMultiArray(shape: [1, length], dataType: .int32)"
+                                      for n in inputs),
+            "swift_feeds": ", ".join(f'"{n}": {_camel(n)}' for n in inputs),
+            "pooled_output": list(outputs)[-1],
+            "mlx_token_types": "mx.zeros_like(ids)" if "token_type_ids" in inputs else "None",
+            "mlx_pool": f"{pool}  # {pooling} pooling{', L2-normalized' if normalize else ''}{norm}",
+        }
+
+    def card_validation_intro(self, man: dict[str, Any]) -> str:
+        return ("Each variant ran modelport's fixed validation set (single texts in several scripts and lengths, "
+                "plus padded batches) and was compared with PyTorch fp32 running the original checkpoint. Max abs "
+                "is over non-padding token embeddings and the pooled embedding; cosine is of the pooled embedding "
+                "per text; top-5 is retrieval agreement with the reference.")
+
+    def card_validation_table(self, man: dict[str, Any]) -> list[str]:
+        head = LEADING_HEAD + ["tok max abs", "pooled max abs", "cos min", "cos mean", "top-5", "gate"]
+        rows = []
+        for name, r in man.get("validation", {}).get("variants", {}).items():
+            m = r.get("metrics") or {}
+            gate = ", ".join(f"{k} {v}" for k, v in (r.get("thresholds") or {}).items() if k != "batch_invariant")
+            rows.append(leading_cells(man, name, r) + [
+                num(m.get("tokens_max_abs"), ".1e"), num(m.get("pooled_max_abs"), ".1e"),
+                num(m.get("cos_min"), ".6f"), num(m.get("cos_mean"), ".6f"), num(m.get("top5_mean"), ".2f"),
+                gate or "–"])
+        return table(head, rows)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w.capitalize() for w in rest)
+
+
+# Usage sections of an encoder artifact, per target (str.format templates: see cards.TargetCard).
+ENCODER_CARDS: dict[str, TargetCard] = {
+    "onnx": TargetCard(
+        "transformers.js (browser: WebGPU or wasm; Node)", "js",
+        """\
+import {{ pipeline }} from "@huggingface/transformers";
+
+// dtype picks the file: {dtypes}
+const extractor = await pipeline("feature-extraction", "{repo}", {{ dtype: "{variant}", device: "webgpu" }});
+const output = await extractor(["A sentence to embed."], {{ pooling: "{pooling}", normalize: {normalize_js} }});
+console.log(output.dims); // [1, {hidden}]""",
+    ),
+    "coreml": TargetCard(
+        "Core ML (Swift, iOS / macOS)", "swift",
+        """\
+import CoreML
+
+// {variant_file} from this repo; Core ML compiles a package once, then loads the compiled model.
+let compiled = try await MLModel.compileModel(at: packageURL)
+let model = try MLModel(contentsOf: compiled)
+// Token ids from tokenizer.json (truncate at {max_length}), shape [1, sequence length].
+{swift_inputs}
+let features = try MLDictionaryFeatureProvider(dictionary: [{swift_feeds}])
+let out = try await model.prediction(from: features)
+let embedding = out.featureValue(for: "{pooled_output}")!.multiArrayValue!  // {hidden} floats""",
+    ),
+    "mlx": TargetCard(
+        "MLX (Python, Apple silicon)", "python",
+        """\
+from pathlib import Path
+
+import mlx.core as mx
+from huggingface_hub import snapshot_download
+from tokenizers import Tokenizer
+
+from modelport.targets.mlx.encoder import load_model  # the forward pass the validation ran
+
+# One folder per variant: {variant_dirs}
+folder = Path(snapshot_download("{repo}", allow_patterns=["{variant_dir}/*"])) / "{variant_dir}"
+model = load_model(folder)
+enc = Tokenizer.from_file(str(folder / "tokenizer.json")).encode("A sentence to embed.")
+ids, mask = mx.array([enc.ids]), mx.array([enc.attention_mask])
+hidden = model(ids, mask, {mlx_token_types})
+{mlx_pool}""",
+    ),
+    "mlc": TargetCard(
+        "WebLLM (browser, WebGPU)", "js",
+        """\
+import {{ CreateMLCEngine }} from "@mlc-ai/web-llm";
+
+const appConfig = {{
+  model_list: [{{
+    model: "{hub_url}/{repo}",
+    model_id: "{model_id}",
+    model_lib: "{model_lib}",
+    model_type: 1, // ModelType.embedding
+  }}],
+}};
+const engine = await CreateMLCEngine("{model_id}", {{ appConfig }});
+const result = await engine.embeddings.create({{ input: ["A sentence to embed."] }});""",
+    ),
+}
+
+
+ENCODER = EncoderFamily()

@@ -1,0 +1,177 @@
+"""The real-client check of the MLC target: WebLLM in headless Chromium (SwiftShader WebGPU).
+
+The validator calls this from MLCSession.extra_metrics (encoder.py): WebLLM 0.2.86 loads the package and the
+WebGPU model library from 127.0.0.1 through the package's own `webllm-app-config.js`, and embeds
+the validation texts twice, one `embeddings.create` call each (WebLLM pads and batches itself):
+  - by token ids (the golden ids): gated like the Node check (fp32: max abs ≤ 1e-5 vs PyTorch);
+  - by text, after the special-token rule (WebLLM's tokenizer adds none, so each text is wrapped in
+    the tokenizer's own prefix/suffix tokens): gated the same way on texts that fit the max length;
+    texts the reference truncated are reported, not gated (truncation cuts the wrapped suffix).
+
+A variant whose model record requires a WebGPU feature the adapter lacks (f16 requires
+`shader-f16`; Chromium's SwiftShader adapter has none) is reported "not run" with the adapter's
+features and WebLLM's own refusal (ShaderF16SupportError): a note, neither a pass nor a failure.
+
+`MODELPORT_MLC_BROWSER`: `auto` (default: run when Chromium and the npm packages are installed,
+otherwise say why not), `require` (missing prerequisites fail the variant), `off`.
+`MODELPORT_MLC_BROWSER_MAX_TOKENS` (default 64, `all` for no limit): only texts up to this many
+tokens go to the browser. SwiftShader runs WebGPU on the CPU, and one long text pads a whole batch
+to its length, so the long texts (100 tokens, max length) would dominate; the Node check covers them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ... import chromium
+from ...fsutil import read_json
+from ...metrics import cosine_rows
+from ...reference import sentence_embeddings
+from ...thresholds import THRESHOLDS
+from .layout import JS, VARIANTS, model_name
+
+TIMEOUT_S = 900
+DEFAULT_MAX_TOKENS = 64
+
+
+def missing_prerequisites() -> list[str]:
+    missing = []
+    if not shutil.which("node"):
+        missing.append("node is not installed")
+    if not os.access(chromium.path(), os.X_OK):
+        missing.append(f"no Chromium at {chromium.path()}")
+    for pkg in ("@mlc-ai/web-llm", "puppeteer-core"):
+        if not (JS / "node_modules" / pkg).is_dir():
+            missing.append(f"npm package {pkg} is not installed in {JS}")
+    return missing
+
+
+def max_tokens() -> int | None:
+    value = os.environ.get("MODELPORT_MLC_BROWSER_MAX_TOKENS", str(DEFAULT_MAX_TOKENS))
+    return None if value == "all" else int(value)
+
+
+def chosen_texts(golden, limit: int | None) -> list[int]:
+    """Indices of the validation texts sent to the browser (golden length within the limit)."""
+    lengths = {c["text_ids"][0]: c["lengths"][0] for c in golden.cases if not c["batched"]}
+    return [i for i in range(len(golden.meta["texts"])) if limit is None or lengths[i] <= limit]
+
+
+def request(artifact: Path, variant: str, golden, chosen: list[int]) -> dict[str, Any]:
+    """Golden token ids of the chosen single-text cases, and their texts wrapped in the special tokens."""
+    target = read_json(artifact / "manifest.json")["target"]
+    specials = target["special_tokens"]
+    pre, suf = " ".join(specials["prefix"]), " ".join(specials["suffix"])
+    ids = {c["text_ids"][0]: golden.inputs(c["name"])["input_ids"][0].astype(int).tolist()
+           for c in golden.cases if not c["batched"]}
+    texts = golden.meta["texts"]
+    return {"artifact": str(artifact.resolve()), "model_id": f"{model_name(artifact)}-{variant}",
+            "ids": [ids[i] for i in chosen], "texts": [f"{pre} {texts[i]} {suf}".strip() for i in chosen],
+            "chromium": str(chromium.path()), "chromium_flags": list(chromium.FLAGS), "timeout_s": TIMEOUT_S}
+
+
+def run_chromium(req: dict[str, Any]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="modelport-webllm-") as tmp:
+        req_path, out_path = Path(tmp) / "request.json", Path(tmp) / "result.json"
+        req_path.write_text(json.dumps(req))
+        proc = subprocess.run(["node", str(JS / "chromium_check.mjs"), str(req_path), str(out_path)], cwd=JS,
+                              capture_output=True, text=True, timeout=TIMEOUT_S + 120)
+        if not out_path.is_file():
+            return {"fatal": f"chromium_check.mjs exited {proc.returncode}: {(proc.stdout + proc.stderr)[-1500:]}"}
+        return json.loads(out_path.read_text())
+
+
+def compare(result: dict[str, Any], golden, precision: str, chosen: list[int]) -> tuple[dict[str, Any], list[str]]:
+    """Distances of WebLLM's embeddings to PyTorch's, by ids and by text, and the gate failures."""
+    ref = sentence_embeddings(golden)[chosen]
+    max_len = golden.meta["max_length"]
+    all_lengths = {c["text_ids"][0]: c["lengths"][0] for c in golden.cases if not c["batched"]}
+    lengths = [all_lengths[i] for i in chosen]
+    fits = [k for k in range(len(chosen)) if lengths[k] < max_len]
+    by_ids, by_text = np.array(result["ids"], dtype=np.float64), np.array(result["texts"], dtype=np.float64)
+    ids_abs = np.abs(by_ids - ref).max(axis=1)
+    text_abs = np.abs(by_text - ref).max(axis=1)
+    cos_ids, cos_text = cosine_rows(ref, by_ids), cosine_rows(ref, by_text)
+    metrics = {
+        "by_ids": {"max_abs": float(ids_abs.max()), "cos_min": float(cos_ids.min()), "texts": len(ref)},
+        "by_text": {"max_abs": float(text_abs[fits].max(initial=0.0)),
+                    "cos_min": float(cos_text[fits].min(initial=1.0)), "texts": len(fits)},
+        "by_text_truncated": {str(chosen[k]): {"max_abs": float(text_abs[k]), "cos": float(cos_text[k])}
+                              for k in range(len(chosen)) if k not in fits},
+        # WebLLM reports one total per call: it must equal the golden token count of the texts
+        "token_counts_match": result["prompt_tokens"] == sum(lengths),
+        "tokens_per_text_max": max(lengths),
+        "chromium": result.get("chromium"), "adapter": result.get("adapter"),
+        "seconds": {k: round(result[k], 1) for k in ("load_s", "ids_s", "texts_s", "page_s") if k in result},
+    }
+    failures = []
+    t = THRESHOLDS[precision]
+    for label, dist, cos in (("by ids", ids_abs, cos_ids), ("by text", text_abs[fits], cos_text[fits])):
+        if not len(dist):
+            continue
+        if t.max_abs is not None and dist.max() > t.max_abs:
+            failures.append(f"WebLLM in Chromium {label}: max abs {dist.max():.3g} > {t.max_abs:g}")
+        if t.cos_min is not None and cos.min() < t.cos_min:
+            failures.append(f"WebLLM in Chromium {label}: cosine min {cos.min():.6f} < {t.cos_min}")
+    if result.get("off_origin_requests"):
+        failures.append(f"WebLLM requested other origins: {result['off_origin_requests'][:3]}")
+    return metrics, failures
+
+
+def validate_in_chromium(artifact: Path, variant: str, golden) -> dict[str, Any]:
+    """{"webllm_chromium": metrics or why it did not run, "browser_failures": [...]}."""
+    mode = os.environ.get("MODELPORT_MLC_BROWSER", "auto")
+    if mode == "off":
+        return {"webllm_chromium": {"status": "not run (MODELPORT_MLC_BROWSER=off)"}}
+    missing = missing_prerequisites()
+    if missing:
+        why = "; ".join(missing) + " (run scripts/setup-mlc.sh)"
+        fail = [f"WebLLM Chromium check required but: {why}"] if mode == "require" else []
+        return {"webllm_chromium": {"status": f"not run: {why}"}, "browser_failures": fail}
+    chosen = chosen_texts(golden, max_tokens())
+    result = run_chromium(request(artifact, variant, golden, chosen))
+    if "fatal" in result:
+        return {"webllm_chromium": {"status": "error", "reason": result["fatal"],
+                                    "console_tail": result.get("console_tail", [])[-10:]},
+                "browser_failures": [f"WebLLM in Chromium failed: {result['fatal'][:300]}"]}
+    if "unsupported" in result:
+        return unsupported(result, variant)
+    metrics, failures = compare(result, golden, VARIANTS[variant].precision, chosen)
+    metrics["status"] = "pass" if not failures else "fail"
+    return {"webllm_chromium": metrics, "browser_failures": failures}
+
+
+# The errors WebLLM 0.2.86 throws for a model record whose required_features the device lacks.
+FEATURE_ERRORS = ("ShaderF16SupportError", "FeatureSupportError")
+
+
+def unsupported(result: dict[str, Any], variant: str) -> dict[str, Any]:
+    """The adapter lacks a feature the variant requires (f16 needs shader-f16; SwiftShader has none).
+
+    Not a pass (nothing was computed) and not a failure of the artifact (the machine cannot run
+    it): "not run", with the adapter's features and WebLLM's own refusal as evidence. WebLLM
+    loading the variant anyway would mean the app config's required_features is not honoured:
+    that is a failure.
+    """
+    info = result["unsupported"]
+    missing, error = info["missing"], info.get("webllm_error")
+    adapter = result.get("adapter") or {}
+    arch = (adapter.get("info") or {}).get("architecture") or "no adapter"
+    check = {"status": f"not run: this Chromium's WebGPU adapter ({arch}) has no {', '.join(missing)}; "
+                       f"WebLLM refuses the variant ({(error or 'no error').split(':')[0]})",
+             "missing_features": missing, "webllm_error": error, "adapter": adapter,
+             "chromium": result.get("chromium")}
+    failures = []
+    if error is None:
+        failures.append(f"WebLLM loaded {variant} without {', '.join(missing)}: required_features not enforced")
+    elif not error.startswith(FEATURE_ERRORS):
+        failures.append(f"WebLLM failed on {variant} with an unexpected error: {error[:300]}")
+    return {"webllm_chromium": check, "browser_failures": failures}

@@ -1,0 +1,410 @@
+"""MLC / WebLLM target: an embedding package WebLLM (@mlc-ai/web-llm 0.2.86) loads in the browser.
+
+    <out>/<v>/resolve/main/   mlc-chat-config.json  tensor-cache.json  params_shard_*.bin
+                              tokenizer.json (no fixed padding, truncation at the real max length)
+                              tokenizer_config.json  vocab.txt  special_tokens_map.json
+    <out>/libs/<model>-<v>-webgpu.wasm       the model library WebLLM runs (prefill + _metadata)
+    <out>/libs/<model>-<v>-wasm32-cpu.wasm   the same Relax module with wasm32 CPU kernels
+    <out>/webllm-app-config.js               appConfig(base) -> WebLLM appConfig for every variant
+    <out>/README.md                          how to load it, and the special-token rule
+
+WebLLM appends `resolve/main/` to a model URL that has none, so each variant folder has the
+Hugging Face URL shape: serve <out>/ anywhere and point `model` at <base>/<v>. Variants (<v>):
+f32 (q0f32) and f16 (q0f16: float16 weights and compute; its app-config entry declares
+`required_features: ["shader-f16"]`, which WebLLM checks before loading).
+
+mlc-llm is not installable here; the package is built with Apache TVM (Relax) directly
+(`targets/mlc/build.py`). Validation runs the wasm32 CPU library in Node through TVM's web runtime
+(MLCSession.runner; every golden case, ≤ 1e-5 for f32, the fp16 gate for f16) and, when Chromium is
+available, WebLLM itself in headless Chromium with SwiftShader WebGPU (MLCSession.extra_metrics;
+`targets/mlc/browser.py`); SwiftShader has no shader-f16, so f16 is reported "not run" there.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ...errors import ModelportError, ToolchainError
+from ...families import ENCODER
+from ...families.encoder import EncoderRunner
+from ...fsutil import read_json, write_json
+from ...manifest import TargetInfo
+from ..registry import ArtifactSession, ConvertContext, Converter, NoOptions, register
+from . import browser, build
+from .layout import JS, VARIANTS, lib_path, model_name, package_dir
+
+# f16 is built from a float16 torch.export (see build.frontend_converters for why it imports).
+# Its inputs stay int32 (ids, mask) and the tensor WebLLM reads stays float32: the graph casts the
+# last hidden state to float32 before pooling. It must: web-llm 0.2.86's EmbeddingPipeline copies
+# prefill's output to the CPU and calls `toArray()`, which in @mlc-ai/web-runtime 0.27.0-dev0 knows
+# float32/float64/int32/int8/uint8 and throws "Unsupported data type float16". (Pooling and
+# normalization also stay out of float16 that way.)
+DEFAULT_VARIANTS = tuple(VARIANTS)
+QUANTIZATION = {"f32": "q0f32", "f16": "q0f16"}
+DTYPE = {"f32": "float32", "f16": "float16"}
+# WebGPU features a variant's kernels need: WebLLM's ModelRecord.required_features (0.2.86), which
+# it checks against the device before loading (ShaderF16SupportError otherwise); its device request
+# enables shader-f16 whenever the adapter has it.
+REQUIRED_FEATURES: dict[str, list[str]] = {"f32": [], "f16": ["shader-f16"]}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+APP_CONFIG = "webllm-app-config.js"
+
+Step = Callable[[str], Any]
+
+
+# --- package files ----------------------------------------------------------------------------------------
+
+def fix_tokenizer_json(path: Path, max_length: int) -> None:
+    """WebLLM feeds every id tokenizer.encode() returns with mask 1: a fixed padding baked into
+    tokenizer.json (all-MiniLM-L6-v2 ships Fixed 128) would be pooled as real tokens. No padding;
+    truncation at the length the reference was computed at."""
+    tj = read_json(path)
+    tj["padding"] = None
+    tj["truncation"] = {"direction": "Right", "max_length": max_length, "strategy": "LongestFirst", "stride": 0}
+    path.write_text(json.dumps(tj, ensure_ascii=False))
+
+
+def special_tokens(source) -> dict[str, Any]:
+    """The tokens the reference tokenizer adds around a text ([CLS] ... [SEP] for BERT)."""
+    from ...torch_model import load_tokenizer
+
+    tok = load_tokenizer(source)
+    ids = tok("a")["input_ids"]
+    bare = tok("a", add_special_tokens=False)["input_ids"]
+    n = len(ids) - len(bare)
+    head = ids[: ids.index(bare[0])] if bare and bare[0] in ids else ids[:n]
+    tail = ids[len(head) + len(bare):]
+    return {"prefix_ids": head, "suffix_ids": tail, "prefix": tok.convert_ids_to_tokens(head),
+            "suffix": tok.convert_ids_to_tokens(tail), "pad_token_id": tok.pad_token_id or 0}
+
+
+def chat_config(config: dict[str, Any], recipe, variant: str, specials: dict[str, Any],
+                tokenizer_files: list[str]) -> dict[str, Any]:
+    """mlc-chat-config.json as WebLLM 0.2.86 reads it (ChatConfig): the generation fields are
+    required by its parser even for an embedding model."""
+    ctx = recipe.max_length
+    return {
+        "version": "0.1.0",
+        "model_type": config["model_type"],
+        "quantization": QUANTIZATION[variant],
+        "model_config": {k: config[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers",
+                                                 "num_attention_heads", "intermediate_size", "hidden_act",
+                                                 "layer_norm_eps") if k in config}
+        | {"context_window_size": ctx, "prefill_chunk_size": ctx, "max_batch_size": build.MAX_BATCH},
+        "vocab_size": config["vocab_size"],
+        "context_window_size": ctx,
+        "sliding_window_size": -1,
+        "prefill_chunk_size": ctx,
+        "attention_sink_size": -1,
+        "tensor_parallel_shards": 1,
+        "pipeline_parallel_stages": 1,
+        "temperature": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0,
+        "top_p": 1.0,
+        "tokenizer_files": tokenizer_files,
+        "tokenizer_info": {"token_postproc_method": "byte_fallback", "prepend_space_in_encode": False,
+                           "strip_space_in_decode": False},
+        "conv_template": {"name": "LM", "system_template": "{system_message}", "system_message": "",
+                          "roles": {"user": "", "assistant": ""}, "role_templates": {}, "messages": [],
+                          "seps": [""], "role_content_sep": "", "role_empty_sep": "", "stop_str": [],
+                          "system_prefix_token_ids": specials["prefix_ids"],
+                          "stop_token_ids": specials["suffix_ids"], "add_role_after_system_message": True},
+        "pad_token_id": specials["pad_token_id"],
+        "bos_token_id": (specials["prefix_ids"] or [0])[0],
+        "eos_token_id": (specials["suffix_ids"] or [0])[0],
+        "modelport": {"pooling": recipe.pooling, "normalize": recipe.normalize,
+                      "prefill_row0": "sentence embedding (pooling + normalization already applied)",
+                      "special_tokens": specials},
+    }
+
+
+def write_package(source, recipe, variant: str, params: dict[str, np.ndarray], pkg: Path,
+                  specials: dict[str, Any]) -> None:
+    """tensor-cache.json + params_shard_*.bin (raw: no bf16 re-encoding), tokenizer, chat config."""
+    from tvm.contrib import tvmjs
+
+    pkg.mkdir(parents=True, exist_ok=True)
+    n_bytes = int(sum(a.nbytes for a in params.values()))
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints progress even with show_progress=False
+        tvmjs.dump_tensor_cache(params, str(pkg), encode_format="raw", show_progress=False,
+                                meta_data={"ParamSize": len(params), "ParamBytes": n_bytes,
+                                           "BitsPerParam": 8.0 * n_bytes / max(1, sum(a.size for a in params.values()))})
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (source.path / name).is_file():
+            shutil.copyfile(source.path / name, pkg / name)
+            copied.append(name)
+    if "tokenizer.json" not in copied:
+        raise ModelportError(f"no tokenizer.json in {source.path}: WebLLM needs the fast tokenizer file")
+    fix_tokenizer_json(pkg / "tokenizer.json", recipe.max_length)
+    tok_cfg = read_json(pkg / "tokenizer_config.json") if "tokenizer_config.json" in copied else {}
+    tok_cfg["model_max_length"] = recipe.max_length
+    write_json(pkg / "tokenizer_config.json", tok_cfg)
+    files = [f for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json") if (pkg / f).is_file()]
+    write_json(pkg / "mlc-chat-config.json", chat_config(source.config, recipe, variant, specials, files))
+
+
+def app_config_js(model: str, variants: list[str]) -> str:
+    """A ready WebLLM appConfig: import it from where the artifact is served."""
+    def features(v: str) -> str:
+        return f", required_features: {json.dumps(REQUIRED_FEATURES[v])}" if REQUIRED_FEATURES[v] else ""
+
+    entries = ",\n".join(
+        f'    {{ model: new URL("{v}/", base).href, model_id: "{model}-{v}", '
+        f'model_lib: new URL("libs/{model}-{v}-webgpu.wasm", base).href{features(v)}, '
+        f'model_type: 1 /* ModelType.embedding */ }}'
+        for v in variants)
+    return (
+        "// WebLLM appConfig for this package (generated by modelport). Usage:\n"
+        f'//   import {{ appConfig }} from "<base>/{APP_CONFIG}";\n'
+        f'//   const engine = await CreateMLCEngine("{model}-{variants[0]}", {{ appConfig: appConfig() }});\n'
+        "// WebLLM adds no special tokens: embed token ids, or wrap each text yourself (see README.md).\n"
+        "export function appConfig(base = new URL(\".\", import.meta.url).href) {\n"
+        f"  return {{ model_list: [\n{entries}\n  ] }};\n}}\n")
+
+
+F16_README = (" f16 stores float16 weights and runs float16 WebGPU kernels: it needs a GPU and browser "
+              "with the WebGPU `shader-f16` feature (its appConfig entry declares it; WebLLM throws "
+              "ShaderF16SupportError otherwise), so offer f32 as the fallback.")
+
+
+def readme(model: str, variants: list[str], specials: dict[str, Any], max_length: int) -> str:
+    pre, suf = " ".join(specials["prefix"]), " ".join(specials["suffix"])
+    return f"""# {model}: MLC / WebLLM embedding package (modelport)
+
+Serve this folder over HTTP and load it with @mlc-ai/web-llm 0.2.86:
+
+```js
+import {{ CreateMLCEngine }} from "@mlc-ai/web-llm";
+import {{ appConfig }} from "http://127.0.0.1:8000/{APP_CONFIG}";
+const engine = await CreateMLCEngine("{model}-{variants[0]}", {{ appConfig: appConfig() }});
+const r = await engine.embeddings.create({{ input: [[/* token ids */]] }});
+```
+
+Variants: {", ".join(variants)}.{F16_README if "f16" in variants else ""} Each embedding is the model's own sentence embedding (pooling and
+normalization applied inside the library); WebLLM returns row 0 of `prefill`'s output.
+
+**Special tokens.** WebLLM's tokenizer adds none. Either embed token ids from a tokenizer that adds
+them, or wrap every text as `{pre} <text> {suf}` before `embeddings.create`. tokenizer.json truncates
+at {max_length} tokens (the length validated); a wrapped text longer than that loses its final
+`{suf}`, so truncate long texts to {max_length - len(specials["prefix_ids"]) - len(specials["suffix_ids"])} tokens before wrapping.
+"""
+
+
+# --- convert ----------------------------------------------------------------------------------------------
+
+def convert(source, recipe, variants: list[str], out: Path, step: Step) -> TargetInfo:
+    runtime = build.build_runtime(step)
+    specials = special_tokens(source)
+    (out / "libs").mkdir(parents=True, exist_ok=True)
+    info: dict[str, Any] = {}
+    for name in variants:
+        step(f"{name}: torch.export -> Relax (prefill, encode, _metadata)")
+        mod, params = build.import_relax(source, recipe, DTYPE[name])
+        mod, _ = build.add_metadata(mod, params, recipe.max_length, QUANTIZATION[name])
+        write_package(source, recipe, name, params, package_dir(out, name), specials)
+        timings: dict[str, Any] = {}
+        for kind in ("wasm32-cpu", "webgpu"):
+            step(f"{name}: build {kind} library (Relax -> wasm objects -> emcc link)")
+            timings[kind] = build.build_library(mod, kind, lib_path(out, source.name, name, kind), runtime)
+        info[name] = {"quantization": QUANTIZATION[name],
+                      "model_lib": str(lib_path(out, source.name, name, "webgpu").relative_to(out)),
+                      "validation_lib": str(lib_path(out, source.name, name, "wasm32-cpu").relative_to(out)),
+                      "seconds": timings}
+    (out / APP_CONFIG).write_text(app_config_js(source.name, variants))
+    (out / "README.md").write_text(readme(source.name, variants, specials, recipe.max_length))
+    return TargetInfo.of(
+        "mlc", ENCODER.name, variants, VARIANTS, per_variant=info,
+        layout="WebLLM (mlc-chat-config.json + tensor-cache.json + params_shard_*.bin per variant, "
+               "model libraries in libs/)",
+        max_batch_size=build.MAX_BATCH,
+        special_tokens=specials,
+        apache_tvm=_tvm_version(),
+        web_runtime={"dir": runtime.name, "build_s": build.runtime_build_seconds(runtime),
+                     "emcc": build.emcc_version()},
+    )
+
+
+def _tvm_version() -> str:
+    from importlib.metadata import version
+
+    return version("apache-tvm")
+
+
+# --- validation: the wasm32 CPU library in Node -----------------------------------------------------------
+
+def node() -> str:
+    path = shutil.which("node")
+    if path is None:
+        raise ToolchainError("node is not installed: run scripts/setup-mlc.sh")
+    if not (JS / "node_modules" / "@mlc-ai" / "web-runtime").is_dir():
+        raise ToolchainError(f"npm packages missing in {JS}: run scripts/setup-mlc.sh")
+    return path
+
+
+class NodeRunner:
+    """One Node process serving every request for one library (module and weights load once)."""
+
+    def __init__(self, wasm: Path, pkg: Path) -> None:
+        # absolute paths: Node runs in the npm folder (cwd=JS) to resolve its packages
+        self.proc = subprocess.Popen([node(), str(JS / "node_runner.mjs"), str(wasm.resolve()), str(pkg.resolve())],
+                                     cwd=JS,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        atexit.register(self.close)
+        ready = self.proc.stdout.readline()
+        if not ready.startswith(b'{"ready"'):
+            err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None else ""
+            raise ToolchainError(f"the Node runner did not start: {(ready.decode(errors='replace') + err)[-1500:]}")
+        self.seconds = 0.0
+
+    def __call__(self, ids: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+        req = {"shape": list(ids.shape), "input_ids": ids.astype(np.int32).ravel().tolist(),
+               "attention_mask": mask.astype(np.int32).ravel().tolist()}
+        self.proc.stdin.write((json.dumps(req) + "\n").encode())
+        self.proc.stdin.flush()
+        header = json.loads(self.proc.stdout.readline() or b'{"error": "Node runner exited"}')
+        if "error" in header:
+            raise ToolchainError(f"wasm32 CPU library failed in Node: {header['error']}")
+        self.seconds += header["seconds"]
+        outs = []
+        for shape in header["shapes"]:
+            n = int(np.prod(shape)) * 4
+            outs.append(np.frombuffer(self.proc.stdout.read(n), dtype="<f4").reshape(shape).copy())
+        return outs
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _key(feeds: dict[str, np.ndarray]) -> bytes:
+    return feeds["input_ids"].astype(np.int64).tobytes() + str(feeds["input_ids"].shape).encode()
+
+
+def prefill_check(golden, outputs: dict[bytes, list[np.ndarray]]) -> dict[str, Any]:
+    """prefill's tensor from the Node run (what WebLLM reads): row 0 must be the sentence
+    embedding, rows 1.. the token embeddings, bit for bit."""
+    result: dict[str, Any] = {"failures": []}
+    worst = 0.0
+    for case in golden.cases:
+        feeds = golden.inputs(case["name"])
+        if _key(feeds) not in outputs:
+            continue
+        hidden, pooled, webllm = outputs[_key(feeds)]
+        real = feeds["attention_mask"].astype(bool)
+        real[:, 0] = False
+        worst = max(worst, float(np.abs(webllm[:, 0] - pooled).max()),
+                    float(np.abs(webllm - hidden)[real].max()) if real.any() else 0.0)
+    result["prefill_vs_encode_max_abs"] = worst
+    if not outputs:
+        result["failures"].append("no Node run to check prefill against")
+    elif worst != 0.0:
+        result["failures"].append(f"prefill (what WebLLM reads) differs from encode by {worst:.3g}")
+    return result
+
+
+class MLCSession(ArtifactSession):
+    """One MLC artifact under validation.
+
+    Per variant: the Node process running its wasm32 CPU library, and that run's outputs memoized
+    per input, so extra_metrics checks prefill's tensor (what WebLLM reads) from the same run.
+    Per artifact: the variants whose WebLLM Chromium check did not run and why (f16 without
+    shader-f16, MODELPORT_MLC_BROWSER=off, ...): the family's per-variant notes come only from the
+    numeric evaluation, so extra_metrics records them here and notes() puts them in the report,
+    where a check that did not run is said, not silently absent.
+    """
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.node_runners: dict[str, NodeRunner] = {}
+        self.outputs: dict[str, dict[bytes, list[np.ndarray]]] = {}
+        self.browser_notes: list[str] = []
+
+    def runner(self, variant: str) -> EncoderRunner:
+        """Golden cases fed by token ids to encode()."""
+        model = model_name(self.root)
+        node_runner = NodeRunner(lib_path(self.root, model, variant, "wasm32-cpu"), package_dir(self.root, variant))
+        outputs: dict[bytes, list[np.ndarray]] = {}
+        self.node_runners[variant], self.outputs[variant] = node_runner, outputs
+
+        def run(feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+            if "token_type_ids" in feeds and np.any(feeds["token_type_ids"]):
+                raise ModelportError("the MLC library takes no token_type_ids (WebLLM passes none): they must be 0")
+            key = _key(feeds)
+            if key not in outputs:
+                outputs[key] = node_runner(feeds["input_ids"], feeds["attention_mask"])
+            hidden, pooled, _ = outputs[key]
+            return hidden, pooled
+
+        return run
+
+    def extra_metrics(self, variant: str, runner: Any, golden: Any) -> dict[str, Any]:
+        """What WebLLM reads, two ways: prefill's tensor from the Node run (prefill_check), then
+        WebLLM itself in Chromium (browser.validate_in_chromium)."""
+        result = prefill_check(golden, self.outputs.get(variant, {}))
+        node_runner = self.node_runners.pop(variant, None)
+        if node_runner is not None:
+            result["node_seconds"] = round(node_runner.seconds, 2)
+            node_runner.close()
+        result.update(browser.validate_in_chromium(self.root, variant, golden))
+        result["failures"] += result.pop("browser_failures", [])
+        status = result["webllm_chromium"].get("status", "")
+        if status.startswith("not run"):
+            self.browser_notes.append(f"{variant}: WebLLM Chromium check {status}")
+        return result
+
+    def notes(self) -> list[str]:
+        return ["numerics gated on the wasm32 CPU library in Node (TVM web runtime, WebLLM's calling convention); "
+                "the WebGPU library is run by WebLLM in headless Chromium (SwiftShader) where available",
+                *self.browser_notes]
+
+
+def runtime_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    try:  # the validator needs no TVM: it runs the built libraries in Node and Chromium
+        versions["apache-tvm"] = version("apache-tvm")
+    except PackageNotFoundError:
+        pass
+    for pkg in ("@mlc-ai/web-runtime", "@mlc-ai/web-llm"):
+        path = JS / "node_modules" / pkg / "package.json"
+        if path.is_file():
+            versions[pkg] = read_json(path)["version"]
+    if shutil.which("node"):
+        versions["node"] = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    return versions
+
+
+@register
+class MLCEncoder(Converter):
+    """Sentence encoders -> a WebLLM embedding package (f32 = q0f32, f16 = q0f16)."""
+
+    target = "mlc"
+    family = ENCODER.name
+    variants = VARIANTS
+    defaults = DEFAULT_VARIANTS
+    Options = NoOptions
+    requires = ("torch", "transformers", "tvm")
+    runtime_requires = ()  # Node and Chromium run the libraries: the validator needs no TVM
+
+    def convert(self, ctx: ConvertContext) -> TargetInfo:
+        return convert(ctx.source, ctx.recipe, ctx.variants, ctx.out, ctx.step)
+
+    def open(self, artifact: Path) -> MLCSession:
+        return MLCSession(artifact)
+
+    def runtime_versions(self) -> dict[str, str]:
+        return runtime_versions()

@@ -1,0 +1,137 @@
+"""What the MLX encoder and decoder converters share: the variant table, the quantization rules,
+how a folder's weights are saved, and the runtime's versions and notes.
+
+Every variant is one folder, `<variant>/model.safetensors` + config.json: f32, f16, and q8/q4 with
+group-wise affine weights (`mlx.nn.quantize`; `quantization` in config.json, quantized layers carry
+`.scales`/`.biases`). Scales and biases stay float32 (mlx-lm stores them in float16 by default:
+float32 keeps the format's error to the quantization itself).
+
+No toolchain at module level: mlx (and the forward passes in `models/`, which import it) is
+imported inside the functions that use it.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ...errors import ModelportError
+from ..registry import ArtifactSession, Converter, Variant
+
+BITS = {"q8": 8, "q4": 4}
+WEIGHTS = "model.safetensors"
+# Packages needed to convert (torch: the checkpoint and the dequantized-weights references) and
+# to run a folder (the validator needs mlx only).
+REQUIRES = ("torch", "transformers", "mlx")
+RUNTIME_REQUIRES = ("mlx",)
+
+Step = Callable[[str], Any]
+
+
+def variant_table(f16: str, quantized: str) -> dict[str, Variant]:
+    """The four MLX folders (f32 first: the others derive from it). `f16` describes the float16
+    variant, `quantized` what q8/q4 quantize; precisions are keys of the family's threshold table."""
+    return {
+        v.name: v
+        for v in (
+            Variant("f32", f"f32/{WEIGHTS}", "fp32", "float32 weights and compute"),
+            Variant("f16", f"f16/{WEIGHTS}", "fp16", f16),
+            Variant("q8", f"q8/{WEIGHTS}", "w8", f"8-bit group-wise affine weights ({quantized})"),
+            Variant("q4", f"q4/{WEIGHTS}", "w4", f"4-bit group-wise affine weights ({quantized})"),
+        )
+    }
+
+
+def check_group_size(source, recipe, variants: list[str]) -> None:
+    """q8/q4 need a group size that divides the layer widths (the recipe found one, or none)."""
+    if any(v in BITS for v in variants) and not recipe.quant_group_size:
+        raise ModelportError(f"{source.name}: no group size divides the layer widths; write f32/f16 only")
+
+
+# --- quantization predicates (nn.quantize's class_predicate) --------------------------------------
+
+
+def encoder_quantizable(path: str, module: Any) -> bool:
+    """Encoders: Linear layers and the word-embedding table: where the bytes are."""
+    import mlx.nn as nn
+
+    return isinstance(module, nn.Linear) or path.endswith("word_embeddings")
+
+
+def lm_quantizable(group_size: int) -> Callable[[str, Any], bool]:
+    """Decoders, mlx-lm's rule (utils.quantize_model): every layer that can be quantized and whose input
+    width is a multiple of the group size: Linear layers, the embedding table, an untied lm_head."""
+
+    def predicate(path: str, layer: Any) -> bool:
+        return hasattr(layer, "to_quantized") and layer.weight.shape[-1] % group_size == 0
+
+    return predicate
+
+
+def stored_quantized(weights: dict[str, Any]) -> Callable[[str, Any], bool]:
+    """Loading a folder: quantize exactly the layers whose `.scales` the file holds (as mlx-lm does)."""
+    return lambda path, module: f"{path}.scales" in weights
+
+
+# --- weights --------------------------------------------------------------------------------------
+
+
+def save(model, path: Path) -> None:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    mx.save_safetensors(str(path), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"})
+
+
+def dequantized_weights(model) -> dict[str, np.ndarray]:
+    """Every quantized layer's weight as the float32 matrix the format really stores."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    out = {}
+    for path, module in model.named_modules():
+        if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            w = mx.dequantize(module.weight, module.scales, module.biases, group_size=module.group_size,
+                              bits=module.bits)
+            out[f"{path}.weight"] = np.array(w.astype(mx.float32))
+    if not out:
+        raise ModelportError("no quantized layers found after quantization")
+    return out
+
+
+# --- runtime --------------------------------------------------------------------------------------
+
+
+def runtime_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    import mlx.core as mx
+
+    return {"mlx": version("mlx"), "device": str(mx.default_device())}
+
+
+def runtime_notes(artifact: Path) -> list[str]:
+    if platform.system() == "Darwin":
+        return []
+    return ["MLX CPU backend (mlx[cpu]) on Linux: numerics validated; Apple GPU (Metal) kernels not exercised"]
+
+
+class MLXSession(ArtifactSession):
+    """An MLX artifact opened for the validator; the family modules add the runner."""
+
+    def notes(self) -> list[str]:
+        return runtime_notes(self.root)
+
+
+class MLXConverter(Converter):
+    """What both MLX converters declare alike (not registered itself)."""
+
+    target = "mlx"
+    requires = REQUIRES
+    runtime_requires = RUNTIME_REQUIRES
+
+    def runtime_versions(self) -> dict[str, str]:
+        return runtime_versions()

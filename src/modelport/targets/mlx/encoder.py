@@ -1,0 +1,242 @@
+"""MLX target, sentence encoders (MLXEncoder): the checkpoint's weights as MLX safetensors, one
+loadable folder per variant.
+
+    <out>/f32/  model.safetensors (float32)  config.json  tokenizer.json ...  modules.json 1_Pooling/
+    <out>/f16/  model.safetensors (float16 weights; MLX computes in float16)
+    <out>/q8/   8-bit group-wise affine weights + config.json "quantization": {"group_size", "bits": 8}
+    <out>/q4/   4-bit, same layout
+    <out>/reference/dequant_q8.npz, dequant_q4.npz   PyTorch run with the dequantized weights
+
+Each variant folder is what MLX loaders read (mlx-lm / mlx-embeddings conventions: config.json +
+model.safetensors with the checkpoint's own tensor names, `quantization` in config.json, layers with
+`.scales`/`.biases` are quantized). The sentence-transformers pooling config is carried into every
+folder; upstream converters drop it and leave the client to guess.
+
+Quantization: `mlx.nn.quantize` (affine, group size from the recipe) on every Linear layer and the
+word-embedding table; LayerNorms, biases, position and token-type embeddings stay float32, and so
+do the scales and biases (mlx-lm stores them in float16 by default: float32 keeps the format's
+error to the quantization itself).
+
+Validation splits the two sources of error of a quantized variant: PyTorch is run with the
+dequantized weights at conversion time (stored in reference/), so the validator reports the
+format's error (dequantized PyTorch vs fp32 PyTorch) apart from the runtime's (MLX vs dequantized
+PyTorch, which must agree to fp32 precision).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import ModelportError
+from ...families import ENCODER
+from ...families.encoder import EncoderRunner
+from ...fsutil import read_json, write_json
+from ...layout import copy_model_files
+from ...manifest import TargetInfo
+from ...metrics import case_diff
+from ...recipes import ARCHITECTURES, read_pooling
+from ...thresholds import DEQUANT_RUNTIME_MAX_ABS
+from ..registry import ConvertContext, NoOptions, register
+from .common import (BITS, WEIGHTS, MLXConverter, MLXSession, Step, check_group_size, dequantized_weights,
+                     encoder_quantizable, save, stored_quantized, variant_table)
+
+__all__ = ["DEFAULT_VARIANTS", "VARIANTS", "MLXEncoder", "convert", "dequantized_weights", "extra_metrics",
+           "load_model", "load_runner"]
+
+VARIANTS = variant_table(f16="float16 weights and compute", quantized="Linear + word embeddings")
+DEFAULT_VARIANTS = tuple(VARIANTS)
+
+
+def _dequant_path(variant: str) -> str:
+    return f"reference/dequant_{variant}.npz"
+
+
+def _build_model(config: dict[str, Any]):
+    from .models import family
+
+    model_type = config.get("model_type")
+    arch = ARCHITECTURES.get(model_type)
+    if arch is None:
+        raise ModelportError(f"unsupported architecture for MLX: model_type={model_type!r}")
+    return family(model_type).Model(config, position_offset=arch.position_offset)
+
+
+def _checkpoint_arrays(source) -> dict[str, np.ndarray]:
+    """The checkpoint's tensors by name, as float32 NumPy arrays.
+
+    Read through transformers (not the raw files) so prefixes, tied weights and the pickle path
+    (--allow-pickle) resolve exactly as in the PyTorch reference.
+    """
+    from ...torch_model import load_hf_model
+
+    state = load_hf_model(source).state_dict()
+    return {k: v.detach().float().numpy() for k, v in state.items()}
+
+
+def convert(source, recipe, variants: list[str], out: Path, step: Step) -> TargetInfo:
+    """Write each requested variant folder, and the dequantized-weights reference per quantized one."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from ...reference import Golden, outputs_with_weights
+    from .models import family
+
+    check_group_size(source, recipe, variants)
+    step("load checkpoint weights")
+    config = read_json(source.path / "config.json")
+    mod = family(config["model_type"])
+    weights = mod.checkpoint_weights({k: mx.array(v) for k, v in _checkpoint_arrays(source).items()})
+    golden = Golden.load(out) if any(v in BITS for v in variants) else None
+    extras: dict[str, dict[str, Any]] = {}
+    for name in variants:
+        step(f"write {name} ({VARIANTS[name].description})")
+        model = _build_model(config)
+        try:
+            model.load_weights(list(weights.items()), strict=True)
+        except ValueError as e:
+            raise ModelportError(f"checkpoint tensors do not fit the MLX {config['model_type']} model: {e}") from e
+        cfg = dict(config)
+        if name == "f16":
+            model.set_dtype(mx.float16)
+            cfg["torch_dtype"] = cfg["dtype"] = "float16"
+        elif name in BITS:
+            nn.quantize(model, group_size=recipe.quant_group_size, bits=BITS[name],
+                        class_predicate=encoder_quantizable)
+            cfg["quantization"] = {"group_size": recipe.quant_group_size, "bits": BITS[name]}
+        mx.eval(model.parameters())
+        folder = out / name
+        copy_model_files(source, recipe, folder)
+        write_json(folder / "config.json", cfg)
+        save(model, folder / WEIGHTS)
+        if name in BITS:
+            step(f"reference: PyTorch with {name}'s dequantized weights")
+            arrays = outputs_with_weights(source, recipe, golden, dequantized_weights(model))
+            with open(out / _dequant_path(name), "wb") as f:
+                np.savez_compressed(f, **arrays)
+            extras[name] = {"dequantized_reference": _dequant_path(name), "quantization": cfg["quantization"]}
+    return TargetInfo.of("mlx", ENCODER.name, variants, VARIANTS, per_variant=extras,
+                         layout="mlx (config.json + model.safetensors per variant)")
+
+
+def load_model(folder: Path):
+    """An MLX model from a variant folder, as an MLX user would load it."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    config = read_json(folder / "config.json")
+    model = _build_model(config)
+    weights = mx.load(str(folder / WEIGHTS))
+    if "quantization" in config:
+        q = config["quantization"]
+        nn.quantize(model, group_size=q["group_size"], bits=q["bits"],
+                    class_predicate=stored_quantized(weights))
+    model.load_weights(list(weights.items()), strict=True)
+    if any(v.dtype == mx.float16 for k, v in weights.items() if not k.endswith((".scales", ".biases"))):
+        model.set_dtype(mx.float16)
+    mx.eval(model.parameters())
+    return model
+
+
+def load_runner(artifact: Path, variant: str) -> EncoderRunner:
+    import mlx.core as mx
+
+    folder = artifact / variant
+    model = load_model(folder)
+    # Pool the way the shipped folder says (this also proves the pooling config was carried over).
+    pooled_cfg = read_pooling(folder)
+    if pooled_cfg is None:
+        raise ModelportError(f"{folder} has no sentence-transformers pooling config")
+    pooling, normalize = pooled_cfg
+    # MLX's CPU backend uses reference BLAS (~1 GFLOP/s): results are memoized per input so the
+    # dequantized-weights comparison (extra_metrics) reuses the validation run instead of redoing it.
+    memo: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+
+    def run(feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        key = b"".join(feeds[k].astype(np.int64).tobytes() + str(feeds[k].shape).encode() for k in sorted(feeds))
+        if key not in memo:
+            memo[key] = forward(feeds)
+        return memo[key]
+
+    def forward(feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        ids = mx.array(feeds["input_ids"].astype(np.int32))
+        mask = mx.array(feeds["attention_mask"].astype(np.int32))
+        tt = mx.array(feeds["token_type_ids"].astype(np.int32)) if "token_type_ids" in feeds else None
+        hidden = model(ids, mask, tt).astype(mx.float32)
+        if pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            m = mask.astype(mx.float32)[..., None]
+            pooled = (hidden * m).sum(axis=1) / mx.maximum(m.sum(axis=1), 1e-9)
+        if normalize:
+            pooled = pooled / mx.maximum(mx.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+        mx.eval(hidden, pooled)
+        return np.array(hidden), np.array(pooled)
+
+    return run
+
+
+def extra_metrics(artifact: Path, variant: str, run: EncoderRunner, golden) -> dict[str, Any]:
+    """For quantized variants: format error and runtime error, measured apart.
+
+    format:  PyTorch with the dequantized weights vs PyTorch fp32 (what 8/4-bit costs by itself)
+    runtime: MLX vs PyTorch with the same dequantized weights (must agree to fp32 precision;
+             gated at DEQUANT_RUNTIME_MAX_ABS)
+    """
+    if variant not in BITS:
+        return {}
+    with np.load(artifact / _dequant_path(variant)) as z:
+        deq = {k: z[k] for k in z.files}
+    runtime, fmt = [], []
+    for case in golden.cases:
+        name = case["name"]
+        feeds = golden.inputs(name)
+        hidden, pooled = run(feeds)
+        ref_h, ref_p = deq[f"{name}/last_hidden_state"], deq[f"{name}/sentence_embedding"]
+        runtime.append(case_diff(name, feeds["attention_mask"], ref_h, hidden, ref_p, pooled))
+        fmt.append(case_diff(name, feeds["attention_mask"], golden.output(name, "last_hidden_state"), ref_h,
+                             golden.output(name, "sentence_embedding"), ref_p))
+    rt_tok = max(d.tokens_max_abs for d in runtime)
+    rt_pool = max(d.pooled_max_abs for d in runtime)
+    cos = [c for d in fmt for c in d.cosines]
+    result: dict[str, Any] = {
+        "dequantized_reference": {
+            "runtime_vs_dequantized_pytorch": {"tokens_max_abs": rt_tok, "pooled_max_abs": rt_pool,
+                                               "gate_max_abs": DEQUANT_RUNTIME_MAX_ABS},
+            "format_vs_fp32_pytorch": {"cos_min": float(np.min(cos)), "cos_mean": float(np.mean(cos)),
+                                       "tokens_max_abs": max(d.tokens_max_abs for d in fmt)},
+        },
+        "failures": [],
+    }
+    worst = max(rt_tok, rt_pool)
+    if worst > DEQUANT_RUNTIME_MAX_ABS:
+        result["failures"].append(
+            f"MLX differs from PyTorch running the same dequantized weights by {worst:.3g} > "
+            f"{DEQUANT_RUNTIME_MAX_ABS:g}: a runtime error, not quantization error")
+    return result
+
+
+class MLXEncoderSession(MLXSession):
+    def runner(self, variant: str) -> EncoderRunner:
+        return load_runner(self.root, variant)
+
+    def extra_metrics(self, variant: str, runner: EncoderRunner, golden) -> dict[str, Any]:
+        return extra_metrics(self.root, variant, runner, golden)
+
+
+@register
+class MLXEncoder(MLXConverter):
+    """Sentence encoders (BERT, XLM-R) -> one MLX safetensors folder per variant."""
+
+    family = ENCODER.name
+    variants = VARIANTS
+    defaults = DEFAULT_VARIANTS
+    Options = NoOptions
+
+    def convert(self, ctx: ConvertContext) -> TargetInfo:
+        return convert(ctx.source, ctx.recipe, ctx.variants, ctx.out, ctx.step)
+
+    def open(self, artifact: Path) -> MLXEncoderSession:
+        return MLXEncoderSession(artifact)
