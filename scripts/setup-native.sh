@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv with everything the native (no Docker) tier needs: torch CPU, transformers,
-# the ONNX toolchain, modelport itself (editable) and the test tools. Idempotent.
+# the ONNX toolchain, matplotlib (report.html), modelport itself (editable) and the test tools. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
@@ -10,5 +10,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch first and pinned: 2.13.0 is the CPU wheel; any other spec would pull GBs of CUDA packages.
 .venv/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
-.venv/bin/pip install --quiet --disable-pip-version-check -e ".[reference,onnx,coreml,mlx,test]"
+.venv/bin/pip install --quiet --disable-pip-version-check -e ".[reference,onnx,coreml,mlx,report,test]"
 .venv/bin/python -c "import modelport, torch, onnxruntime; print('modelport', modelport.__version__, '| torch', torch.__version__, '| onnxruntime', onnxruntime.__version__)"

@@ -52,7 +52,9 @@ def test_wasm_runs_fp32_and_fp16_on_every_case(chromium_clients: dict) -> None:
         _check_against_table(v)
         assert v["cases"] == 50 and v["metrics"]["top5_mean"] is not None  # full set: top-5 is gated
     assert wasm["variants"]["fp32"]["vs_python_ort"]["pooled_max_abs"] <= FP32_VS_ORT
-    assert [m["text"] for m in wasm["tokenizer"]["mismatches"]] == [46]  # same JS tokenizer as Node
+    # the validation texts are fitted to what every tokenizer encodes alike (validation_set.texts): no
+    # mismatch at all, the same as Node's JS tokenizer
+    assert wasm["tokenizer"]["mismatches"] == [] and wasm["tokenizer"]["status"] == "pass"
 
 
 def test_nothing_is_loaded_from_outside_127_0_0_1(chromium_clients: dict) -> None:

@@ -17,16 +17,20 @@ a log file with the details), 4 a bug in modelport (log file too).
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__
-from .errors import EXIT_INTERNAL, EXIT_TOOLCHAIN, ModelportError, ValidationFailed
+from .errors import EXIT_INTERNAL, EXIT_TOOLCHAIN, ModelportError, ToolchainError, ValidationFailed
 
 EPILOG = """\
 exit codes: 0 success, 1 validation failed, 2 bad input (message says why), 3 toolchain or environment
-failure (missing package, converter crash; the message names a log file), 4 internal error (a bug: log file).
+failure (missing package, converter crash: the message names a log file; full disk, read-only or unwritable
+path, hub unreachable: the message names the path or host), 4 internal error (a bug: log file).
 environment: MODELPORT_CACHE (built tiny models; default ~/.cache/modelport),
 HF_HUB_OFFLINE / HF_HOME (standard Hugging Face cache), SOURCE_DATE_EPOCH (manifest timestamp).
 """
@@ -151,6 +155,8 @@ def _print_report(out, report) -> None:
 
 
 def _convert(args: argparse.Namespace, out) -> int:
+    from rich.markup import escape
+
     from .convert import ConvertRequest, run
     from .ui import Steps
 
@@ -168,29 +174,93 @@ def _convert(args: argparse.Namespace, out) -> int:
         if not report.passed:
             failed = [r.variant for r in report.results if not r.passed]
             raise ValidationFailed(f"validation failed for {', '.join(failed)}; artifact kept at {path} for inspection")
-    out.print(f"[bold green]wrote {path}[/]" + (" (not validated)" if report is None else " (validated)"))
+    out.print(f"[bold green]wrote {escape(str(path))}[/]" + (" (not validated)" if report is None else " (validated)"),
+              soft_wrap=True)
     return 0
 
 
 def _verified_manifest(root: Path) -> dict:
     """The artifact's manifest, after checking every file against its sha256 (a changed file is a failure)."""
     from . import manifest
+    from .fsutil import JSONFileError, read_json
 
+    if (root / manifest.MANIFEST).is_file():
+        try:
+            read_json(root / manifest.MANIFEST)
+        except JSONFileError as e:
+            raise ModelportError(f"artifact damaged: {e.path}: {e.why}") from None
     man = manifest.load(root)  # refuses a missing manifest, an unknown version, a schema mismatch
     problems = manifest.verify_files(root, man)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise ValidationFailed(f"artifact files do not match manifest.json: {shown}")
+    _check_readable(root, man)
     return man
 
 
+def _check_readable(root: Path, man: dict) -> None:
+    """Parse the artifact's JSON files and golden arrays before any runtime starts.
+
+    A file rewritten together with its manifest hash passes verify_files; this says which file is
+    damaged and why, in one line (exit 2), instead of a traceback from deep inside a session.
+    """
+    import zipfile
+
+    import numpy as np
+
+    from .fsutil import JSONFileError, read_json
+
+    for name in man["files"]:
+        path = root / name
+        if name.endswith(".json"):
+            try:
+                read_json(path)
+            except JSONFileError as e:
+                raise ModelportError(f"artifact damaged: {path}: {e.why}") from None
+        elif name.startswith("reference/") and name.endswith(".npz"):
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    for key in z.files:
+                        z[key]  # decompresses: a truncated member fails here
+            except (zipfile.BadZipFile, ValueError, EOFError, KeyError, zipfile.LargeZipFile) as e:
+                why = (str(e).splitlines() or [""])[0][:200]
+                raise ModelportError(f"artifact damaged: {path}: not a readable .npz array file "
+                                     f"({type(e).__name__}: {why})") from None
+
+
+def _variant_list(spec: str | None) -> list[str] | None:
+    """--variants for validate / clients: None (all); an empty value is refused, never read as "all"."""
+    if spec is None:
+        return None
+    names = [v.strip() for v in spec.split(",") if v.strip()]
+    if not names:
+        raise ModelportError("--variants is empty; omit it for all of the artifact's variants")
+    return names
+
+
+def _require_writable(root: Path) -> None:
+    """validate records its result in manifest.json (and report.html): refuse a read-only artifact before
+    running anything, rather than after the whole validation."""
+    from .manifest import MANIFEST
+
+    for path in (root, root / MANIFEST):
+        if path.exists() and not os.access(path, os.W_OK):
+            raise ToolchainError(f"cannot write to {path}: `validate` records its result in {root / MANIFEST}; "
+                                 "make the artifact writable (chmod -R u+w), or pass --variants to check "
+                                 "without recording")
+
+
 def _validate(args: argparse.Namespace, out) -> int:
+    from rich.markup import escape
+
     from .ui import Steps
     from .validate import record, validate
 
     root = args.artifact
+    variants = _variant_list(args.variants)
     _verified_manifest(root)
-    variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
+    if variants is None:
+        _require_writable(root)
     with Steps(out) as steps:
         report = validate(root, variants, progress=steps)
     if variants is None:
@@ -200,27 +270,36 @@ def _validate(args: argparse.Namespace, out) -> int:
     if not report.passed:
         failed = [r.variant for r in report.results if not r.passed]
         raise ValidationFailed(f"validation failed for {', '.join(failed)}")
-    out.print(f"[bold green]{root}: all {len(report.results)} variants pass[/]")
+    out.print(f"[bold green]{escape(str(root))}: all {len(report.results)} variants pass[/]", soft_wrap=True)
     return 0
 
 
 def _write_report(out, path: Path) -> None:
-    """report.html after every validation run; without matplotlib one line says so, never an error."""
+    """report.html after every validation run; without matplotlib (or a writable folder) one line says so,
+    never an error: the verdict is already printed and recorded."""
+    from rich.markup import escape  # the message holds 'modelport[report]': markup would swallow "[report]"
+
     from .report import try_write_report
 
-    written, message = try_write_report(path)
-    out.print(message if written else f"[yellow]{message}[/]", soft_wrap=True)
+    try:
+        written, message = try_write_report(path)
+    except OSError as e:
+        where = argparse.Namespace(command="report", artifact=path)
+        written, message = None, f"report.html not written: {_os_error_line(e, where)}"
+    out.print(escape(message) if written else f"[yellow]{escape(message)}[/]", soft_wrap=True)
 
 
 def _report(args: argparse.Namespace, out) -> int:
+    from rich.markup import escape
+
     from .report import try_write_report
 
     written, message = try_write_report(args.artifact)
     if written is None:
         raise ModelportError(message)
-    out.print(message)
-    out.print(f"open it with: xdg-open {written}  (or python -m http.server -d {written.parent}, "
-              f"then http://127.0.0.1:8000/{written.name})", soft_wrap=True)
+    out.print(escape(message), soft_wrap=True)
+    out.print(escape(f"open it with: xdg-open {written}  (or python -m http.server -d {written.parent}, "
+                     f"then http://127.0.0.1:8000/{written.name})"), soft_wrap=True)
     return 0
 
 
@@ -233,7 +312,9 @@ def _clients(args: argparse.Namespace, out) -> int:
     root = args.artifact
     man = _verified_manifest(root)
     names = [c.strip() for c in args.clients.split(",") if c.strip()]
-    variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
+    if not names:
+        raise ModelportError("--clients is empty; omit it for node")
+    variants = _variant_list(args.variants)
     progress = lambda line: out.print(f"[dim]  {escape(line)}[/]")  # noqa: E731
     # the family picks the transformers.js task: feature-extraction or text-generation
     family = families.get(man["target"]["family"])
@@ -252,7 +333,7 @@ def _clients(args: argparse.Namespace, out) -> int:
     if failed:
         raise ValidationFailed(f"client check failed for {', '.join(failed)} (see above; recorded in "
                                f"{root}/manifest.json)")
-    out.print(f"[bold green]{root}: {', '.join(names)} pass[/]")
+    out.print(f"[bold green]{escape(str(root))}: {', '.join(names)} pass[/]", soft_wrap=True)
     return 0
 
 
@@ -404,6 +485,89 @@ def _publish(args: argparse.Namespace, out) -> int:
     return 0
 
 
+def _internal_error(args: argparse.Namespace, e: BaseException, out) -> int:
+    """A bug: one line, the traceback in a log file."""
+    from rich.markup import escape
+
+    from .fsutil import write_error_log
+
+    try:
+        where = f"traceback in {write_error_log(args.command, e)}"
+    except OSError:
+        where = "no log could be written"
+    first = (str(e).splitlines() or [""])[0][:300]
+    out.print(f"[bold red]internal error:[/] {escape(type(e).__name__)}: {escape(first)} ({escape(where)}); "
+              "this is a bug in modelport, please report it with that file", soft_wrap=True)
+    return EXIT_INTERNAL
+
+
+# errno -> (what happened, what to do); "{path}" is the file the OS named (or the command's output folder).
+OS_ERRORS = {
+    errno.ENOSPC: ("disk full at {path}", "free space on that disk, or write somewhere else"),
+    errno.EDQUOT: ("disk quota exceeded at {path}", "free space in your quota, or write somewhere else"),
+    errno.EROFS: ("read-only file system at {path}", "write somewhere else (--out, MODELPORT_CACHE, HF_HOME)"),
+    errno.EACCES: ("permission denied: {path}", "check its permissions (ls -ld), or use another path"),
+    errno.EPERM: ("operation not permitted: {path}", "check its permissions (ls -ld), or use another path"),
+    errno.ENAMETOOLONG: ("file name too long: {path}", "use a shorter path or model name"),
+    errno.ENOTDIR: ("not a directory: {path}", "part of that path is a file where a folder is needed: move the "
+                    "file or use another path"),
+    errno.EISDIR: ("is a directory: {path}", "a file was expected there"),
+    errno.EEXIST: ("already exists: {path}", "a file is where a folder is needed (or the reverse): move it or use "
+                   "another path"),
+    errno.ENOENT: ("no such file or directory: {path}", "check the path (was it removed while modelport ran?)"),
+    errno.ELOOP: ("too many levels of symbolic links: {path}", "fix the link"),
+    errno.EMFILE: ("too many open files (at {path})", "raise the limit (ulimit -n)"),
+    errno.ENFILE: ("too many open files in the system (at {path})", "close other programs, or raise the limit"),
+    errno.EIO: ("input/output error at {path}", "the disk or network file system failed: check it"),
+}
+# Raised inside a converter (toolchain_step wraps them as exit 3 "converter failed"): shown as what they are.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                                errno.ENAMETOOLONG, errno.EMFILE, errno.ENFILE, errno.EIO})
+
+
+def _command_folder(args: argparse.Namespace) -> str:
+    """Where the command writes: the path to name when the OS does not say (a full disk fails in write())."""
+    if args.command == "convert":
+        return str(args.out or "artifacts/")
+    if args.command == "publish":
+        return str(args.dry_run or args.artifact)
+    if args.command in ("validate", "clients", "report"):
+        return str(args.artifact)
+    try:
+        from .hub import cache_dir
+
+        return str(cache_dir())
+    except Exception:
+        return "the Hugging Face cache"
+
+
+def _os_error_line(e: OSError, args: argparse.Namespace) -> str:
+    """One line for an OS error: what happened, at which path, what to do."""
+    path = e.filename if e.filename is not None else _command_folder(args)
+    if e.filename2 is not None:
+        path = f"{path} -> {e.filename2}"
+    what, todo = OS_ERRORS.get(e.errno, (f"{e.strerror or type(e).__name__} (errno {e.errno}) at {{path}}",
+                                         "check that path"))
+    return f"{what.format(path=path)}: {todo}{_setting_for(str(path))}"
+
+
+def _setting_for(path: str) -> str:
+    """When the path is one of modelport's or huggingface_hub's caches, name the variable that moves it."""
+    from .fsutil import cache_root
+
+    roots = [(str(cache_root()), "MODELPORT_CACHE")]
+    try:
+        from huggingface_hub import constants
+
+        roots.append((str(constants.HF_HOME), "HF_HOME"))
+    except Exception:
+        pass
+    for root, name in roots:
+        if path == root or path.startswith(root.rstrip("/") + "/"):
+            return f" ({name} chooses this folder: {root})"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     from rich.markup import escape
 
@@ -414,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if argv is not None:
         sys.argv = ["modelport", *argv]
+    termination = _catch_termination()
     try:
         if args.command == "convert":
             return _convert(args, out)
@@ -431,6 +596,12 @@ def main(argv: list[str] | None = None) -> int:
             return _publish(args, out)
         return _recipes(out)
     except ModelportError as e:
+        cause = e.__cause__
+        if isinstance(e, ToolchainError) and isinstance(cause, OSError) and cause.errno in ENVIRONMENT_ERRNOS:
+            # a full disk or a read-only folder inside a converter: the folder, not the converter, is the story
+            line = _os_error_line(cause, args) + (f" (details: {e.log})" if e.log else "")
+            out.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
+            return EXIT_TOOLCHAIN
         out.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         return e.exit_code
     except ModuleNotFoundError as e:
@@ -439,20 +610,73 @@ def main(argv: list[str] | None = None) -> int:
                   "not installed in this environment (pip install it, or run the command in an image that has it)",
                   soft_wrap=True)
         return EXIT_TOOLCHAIN
-    except KeyboardInterrupt:
-        out.print("[red]interrupted[/]")
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: staging dirs are removed on the way out
+        signum = getattr(e, "signum", signal.SIGINT)
+        out.print(f"[bold red]error:[/] interrupted by {signal.Signals(signum).name}; no partial output was kept")
+        return 128 + signum
+    except OSError as e:  # the environment: a full disk, a read-only folder, a path that cannot be, ...
+        if e.errno is None:  # an OSError a library raised for its own reasons: not about the file system
+            return _internal_error(args, e, out)
+        out.print(f"[bold red]error:[/] {escape(_os_error_line(e, args))}", soft_wrap=True)
+        return EXIT_TOOLCHAIN
     except Exception as e:  # a bug: one line, the traceback in a log file
-        from .fsutil import write_error_log
+        return _internal_error(args, e, out)
+    finally:
+        termination.restore()
 
-        try:
-            where = f"traceback in {write_error_log(args.command, e)}"
-        except OSError:
-            where = "no log could be written"
-        first = (str(e).splitlines() or [""])[0][:300]
-        out.print(f"[bold red]internal error:[/] {escape(type(e).__name__)}: {escape(first)} ({escape(where)}); "
-                  "this is a bug in modelport, please report it with that file", soft_wrap=True)
-        return EXIT_INTERNAL
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, so it unwinds like Ctrl-C (staging removed)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Termination:
+    """SIGTERM and SIGHUP handled like Ctrl-C for one main() call: the handler raises `Terminated` where
+    the program is, and the clean-up (staging dir removed) runs as the exception unwinds.
+
+    Two guards. A signal that comes while an interrupt is already unwinding (inside an except or
+    finally block, where `sys.exc_info()` holds it) does nothing: it must not cut the clean-up short.
+    And a raise can be swallowed (C code that clears errors while calling back into Python, a library's
+    `except BaseException: pass`), so after a signal a thread re-delivers it every REDELIVER_S until
+    main() has caught it. A signal already ignored (nohup) stays ignored; outside the main thread
+    Python cannot install handlers, and nothing changes.
+    """
+
+    REDELIVER_S = 2.0
+
+    def __init__(self) -> None:
+        self.previous: dict[int, object] = {}
+        self.done = threading.Event()
+        self.watchdog: threading.Thread | None = None
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):  # (no SIGHUP on Windows)
+            if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
+                self.previous[signum] = signal.signal(signum, self.handle)
+
+    def handle(self, signum: int, _frame: object) -> None:
+        if self.done.is_set() or isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            return
+        if self.watchdog is None:
+            self.watchdog = threading.Thread(target=self.redeliver, args=(signum, threading.get_ident()), daemon=True)
+            self.watchdog.start()
+        raise Terminated(signum)
+
+    def redeliver(self, signum: int, main_thread: int) -> None:
+        while not self.done.wait(self.REDELIVER_S):
+            signal.pthread_kill(main_thread, signum)  # a real signal: it also interrupts a blocking call
+
+    def restore(self) -> None:
+        self.done.set()
+        for signum, handler in self.previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
+
+
+def _catch_termination() -> _Termination:
+    return _Termination()
 
 
 if __name__ == "__main__":

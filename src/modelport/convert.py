@@ -7,11 +7,12 @@ before any expensive work; all writes go to a staging dir renamed into place at 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import families, lint, manifest
+from . import families, lint, manifest, weight_stats
 from .errors import ModelportError, ToolchainError
 from .fsutil import check_output_dir, staging_dir, write_error_log
 from .recipes import recipe_for
@@ -47,15 +48,23 @@ def check_target_request(target: str, variants: str | None, options: dict[str, A
     REGISTRY.target(target)
     known = REGISTRY.all_variants(target)
     names = [v.strip() for v in (variants or "").split(",") if v.strip()]
+    if variants is not None and not names:  # `--variants ''` (an unset shell variable) never means "the defaults"
+        raise ModelportError(f"--variants is empty; omit it for the defaults (this target writes: {', '.join(known)})")
     unknown = [v for v in names if v not in known]
-    if variants is not None and (unknown or not names):
-        raise ModelportError(f"unknown variant(s) {', '.join(unknown) or '(none given)'}; this target writes: "
-                             f"{', '.join(known)}")
+    if unknown:
+        raise ModelportError(f"unknown variant(s) {', '.join(unknown)}; this target writes: {', '.join(known)}")
     accepted = REGISTRY.all_options(target)
     for key in options:
         if key not in accepted:
             takes = f"it takes {', '.join('--' + k for k in accepted)}" if accepted else "it takes no options"
             raise ModelportError(f"--{key} does not apply to the {target} target ({takes})")
+    # Each family's Options checks its own values (e.g. --context >= 8): a bad value costs nothing either.
+    for family in REGISTRY.families_of(target):
+        options_cls = REGISTRY.converter_class(target, family).Options
+        fields = {f.name for f in dataclasses.fields(options_cls)}
+        given = {k: v for k, v in options.items() if k in fields}
+        if given:
+            options_cls(**given)
 
 
 @contextlib.contextmanager
@@ -100,13 +109,15 @@ def run(req: ConvertRequest, steps: Steps) -> tuple[Path, Report | None]:
     out = req.out or default_out(source.name, req.target)
 
     report = None
-    with staging_dir(out, req.force) as work:
+    with staging_dir(out, req.force, source=source.path, note=steps.note) as work:  # checks again, with the model
         with toolchain_step(f"the PyTorch reference of {source.name}"):
             family.compute_golden(source, recipe, work, steps)
         with toolchain_step(f"the {req.target} converter"):
             target_info = converter.convert(ConvertContext(source, recipe, variants, work, steps, options))
         steps("write manifest (sha256 of every file)")
-        man = manifest.build(work, command=list(req.command), source=source.to_json(),
+        # per-tensor statistics of the checkpoint: what validation checks the stored weights against
+        source_json = {**source.to_json(), "tensor_stats": weight_stats.source_stats(source.weight_files)}
+        man = manifest.build(work, command=list(req.command), source=source_json,
                              recipe=recipe.to_json(), target=target_info,
                              lint=[f.to_json() for f in findings])
         manifest.save(work, man)

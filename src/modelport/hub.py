@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelportError
+from .errors import ModelportError, ToolchainError
 
 ALLOW_PATTERNS = (
     "*.safetensors",
@@ -159,8 +159,42 @@ def _snapshot(ref: HubRef, path: Path, *, downloaded: bool) -> Snapshot:
     return Snapshot(ref=ref, commit=path.name, path=path, downloaded=downloaded)
 
 
+def unreachable(e: BaseException) -> bool:
+    """A connection that failed (refused, DNS, timeout, TLS, proxy): the network, not the input.
+
+    huggingface_hub lets its HTTP client's transport errors through (httpx, or its fork httpx2 in
+    huggingface_hub 2.x; requests in 0.x); they are matched by class name so no HTTP client is imported.
+    """
+    for cls in type(e).__mro__:
+        package = cls.__module__.split(".")[0]
+        if package in ("httpx", "httpx2") and cls.__name__ == "TransportError":
+            return True
+        if package in ("requests", "urllib3") and cls.__name__ in ("ConnectionError", "Timeout", "ProtocolError"):
+            return True
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    return isinstance(e, (ConnectionError, TimeoutError)) and not isinstance(e, OfflineModeIsEnabled)
+
+
+def network_error(action: str, e: BaseException) -> ToolchainError:
+    """Exit 3 (the environment, worth a retry), naming the hub's address: the line for `unreachable(e)`."""
+    from huggingface_hub import constants
+
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    return ToolchainError(f"cannot reach the Hugging Face hub at {constants.ENDPOINT} to {action} "
+                          f"({type(e).__name__}: {first}); check the network, a proxy or HF_ENDPOINT, then retry")
+
+
+UNSAFE_NAME_RE = re.compile(r"^Invalid filename '(?P<name>.*)': (?P<why>.*?)\.(?: Please|$)", re.S)
+
+
 def _hub_error(ref: HubRef, e: Exception) -> ModelportError | None:
-    """One actionable line per hub failure the user can fix; None (keep the traceback) for anything else."""
+    """One actionable line per hub failure the user can fix; None (keep the traceback) for anything else.
+
+    Exit 2 for what the user named (a missing repo or revision, a gated repo, a repo whose file list
+    names a file outside the repo); exit 3 (ToolchainError) when the hub cannot be reached or fails
+    on its side (5xx), where a retry may work.
+    """
     from huggingface_hub import constants
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -179,10 +213,25 @@ def _hub_error(ref: HubRef, e: Exception) -> ModelportError | None:
         return ModelportError(f"hub model {ref.repo_id} not found at {constants.ENDPOINT} (or it is private: set "
                               "HF_TOKEN to a token that can read it)")
     if isinstance(e, LocalEntryNotFoundError):
-        return ModelportError(f"cannot reach the Hugging Face hub at {constants.ENDPOINT} and {ref} is not in the "
-                              f"cache ({cache_dir()}): {str(e).splitlines()[0]}")
+        return ToolchainError(f"cannot reach the Hugging Face hub at {constants.ENDPOINT} and {ref} is not in the "
+                              f"cache ({cache_dir()}): {str(e).splitlines()[0]}; check the network, a proxy or "
+                              "HF_ENDPOINT, then retry")
     if isinstance(e, HfHubHTTPError):
-        return ModelportError(f"the hub refused to serve {ref}: {str(e).strip().splitlines()[0]}")
+        status = e.response.status_code if e.response is not None else None
+        first = str(e).strip().splitlines()[0]
+        if status is not None and (status >= 500 or status == 429):
+            return ToolchainError(f"the hub at {constants.ENDPOINT} failed to serve {ref} (HTTP {status}): {first}; "
+                                  "retry later")
+        return ModelportError(f"the hub refused to serve {ref}: {first}")
+    unsafe = UNSAFE_NAME_RE.match(str(e)) if isinstance(e, ValueError) else None
+    if unsafe:
+        # huggingface_hub refuses a listed name that would land outside the snapshot ('../x', '/etc/x')
+        # before writing it; files fetched before it stay in the cache as an incomplete snapshot.
+        return ModelportError(f"refusing {ref}: the hub lists the file name {unsafe['name']!r}, which would be "
+                              f"written outside the model's folder (a file name {unsafe['why']}); nothing was "
+                              "written outside the Hugging Face cache: ask the repo owner to rename the file")
+    if unreachable(e):
+        return network_error(f"download {ref}", e)
     return None
 
 

@@ -51,6 +51,7 @@ def publishable_manifest(root: Path) -> dict[str, Any]:
     if unvalidated:
         raise ModelportError(f"refusing to publish {root}: variant(s) {', '.join(unvalidated)} have no passing "
                              f"validation; run `modelport validate {root}`")
+    # A known, explained client difference (tokenizer status "known-difference") leaves the status "pass".
     failed_clients = [c for c, e in val.get("clients", {}).items() if e.get("status") == "fail"]
     if failed_clients:
         raise ModelportError(f"refusing to publish {root}: real client check failed for {', '.join(failed_clients)}")
@@ -89,6 +90,16 @@ def stage(root: Path, man: dict[str, Any], dest: Path, repo: str, *, link: bool)
     return names
 
 
+def check_dry_run_dir(root: Path, dry_run: Path) -> None:
+    """--dry-run DIR must be a new folder outside the artifact (inside it, it would change what it copies)."""
+    if dry_run.exists():
+        raise ModelportError(f"--dry-run directory {dry_run} already exists; give a new path")
+    art, dest = root.resolve(), dry_run.resolve()
+    if dest == art or art in dest.parents:
+        raise ModelportError(f"--dry-run directory {dry_run} is inside the artifact {root}: give a path outside it "
+                             "(the dry run writes a copy of the artifact plus README.md)")
+
+
 def check_repo_id(repo: str) -> str:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
@@ -116,13 +127,18 @@ def hub_token() -> str:
 def publish(root: Path, repo: str, *, private: bool = False, dry_run: Path | None = None) -> Published:
     """Check the artifact, then write the upload folder (dry run) or create the repo and upload it."""
     check_repo_id(repo)
+    if dry_run is not None:
+        check_dry_run_dir(root, dry_run)
     man = publishable_manifest(root)
     if dry_run is not None:
-        if dry_run.exists():
-            raise ModelportError(f"--dry-run directory {dry_run} already exists; give a new path")
         with staging_dir(dry_run, force=False) as work:
             names = stage(root, man, work, repo, link=False)
         return Published(repo=repo, files=tuple(names), dry_run=dry_run)
+    from . import hub
+
+    if hub.offline():  # the same code as `fetch` offline with nothing cached: a setting to change, not a retry
+        raise ModelportError(f"publishing to {repo} needs the hub, but HF_HUB_OFFLINE=1: unset HF_HUB_OFFLINE, or "
+                             "write the upload folder with --dry-run DIR")
     token = hub_token()
     # Next to the artifact, so hard links work (same file system).
     with tempfile.TemporaryDirectory(dir=root.resolve().parent, prefix=f".{root.name}.publish-") as tmp:
@@ -137,6 +153,9 @@ def _upload(folder: Path, repo: str, man: dict[str, Any], *, token: str, private
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
+    from .errors import ToolchainError
+    from .hub import network_error, unreachable
+
     target = man["target"]
     message = (f"modelport: {man.get('source', {}).get('name', '?')} -> {target['name']} "
                f"({', '.join(target['variants'])}), validated")
@@ -146,6 +165,14 @@ def _upload(folder: Path, repo: str, man: dict[str, Any], *, token: str, private
         info = api.upload_folder(repo_id=repo, folder_path=folder, commit_message=message)
     except HfHubHTTPError as e:
         status = e.response.status_code if e.response is not None else None
+        first = str(e).strip().splitlines()[0]
+        if status is not None and (status >= 500 or status == 429):
+            raise ToolchainError(f"publishing to {repo} failed on the hub's side (HTTP {status}): {first}; "
+                                 "retry later") from e
         why = {401: "the token was rejected", 403: f"the token may not write to {repo}"}.get(status, "hub error")
-        raise ModelportError(f"publishing to {repo} failed: {why} ({str(e).strip().splitlines()[0]})") from e
+        raise ModelportError(f"publishing to {repo} failed: {why} ({first})") from e
+    except Exception as e:
+        if unreachable(e):
+            raise network_error(f"publish {repo}", e) from e
+        raise
     return info.commit_url

@@ -64,8 +64,9 @@ def compute(source, recipe, progress=None) -> Golden:
     encoder = make_encoder(load_hf_model(source), recipe)
     arrays: dict[str, np.ndarray] = {}
     cases = []
+    all_texts = validation_set.texts(tokenizer, recipe.max_length)  # within what every client tokenizes alike
     for case in validation_set.cases():
-        texts = [validation_set.TEXTS[i] for i in case.text_ids]
+        texts = [all_texts[i] for i in case.text_ids]
         enc = tokenizer(
             texts, padding=True, truncation=True, max_length=recipe.max_length, return_tensors="np"
         )
@@ -89,7 +90,7 @@ def compute(source, recipe, progress=None) -> Golden:
             progress()
     meta = {
         "validation_set": validation_set.VERSION,
-        "texts": list(validation_set.TEXTS),
+        "texts": list(all_texts),
         "corpus_ids": list(validation_set.CORPUS_IDS),
         "query_ids": list(validation_set.QUERY_IDS),
         "inputs": list(recipe.inputs),

@@ -3,22 +3,23 @@
 `<model>` is a local directory or the name of a known model (see `MODELS`). Everything that can
 be wrong with a checkpoint is checked here, before any conversion starts, so each problem gets
 one clear message: missing directory or config, no weights, pickle-only weights (arbitrary code
-on load), remote code, already-quantized weights.
+on load), remote code, already-quantized weights, and the model directory checks of `checkpoint`
+(files outside the directory, malformed JSON and safetensors, config types, tokenizer ids, size,
+missing or misshapen tensors).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from . import checkpoint
 from .catalog import MODELS, KnownModel  # noqa: F401  (re-exported: the known-models table)
 from .errors import ModelportError
 from .fsutil import cache_root, read_json, sha256_file  # noqa: F401  (cache_root re-exported)
+from .recipes import ARCHITECTURES
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
@@ -53,22 +54,6 @@ class ModelSource:
             "hub_id": self.hub_id,
             "license": self.license,
         }
-
-
-def safetensors_dtypes(path: Path) -> set[str]:
-    """Tensor dtypes from a safetensors header, without loading the tensors."""
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise ModelportError(f"{path} is not a safetensors file (truncated header)")
-        (n,) = struct.unpack("<Q", raw)
-        if n > 100_000_000:
-            raise ModelportError(f"{path} is not a safetensors file (header length {n})")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ModelportError(f"{path} is not a safetensors file ({e})") from e
-    return {v["dtype"] for k, v in header.items() if k != "__metadata__"}
 
 
 def _revision_of(path: Path) -> str | None:
@@ -118,21 +103,19 @@ def resolve(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool = 
 def inspect(
     path: Path, *, name: str, origin: str, allow_pickle: bool = False, trust_remote_code: bool = False
 ) -> ModelSource:
-    config_path = path / "config.json"
-    if not config_path.is_file():
+    """Check a model directory completely before any tensor is loaded (see `checkpoint` for each check)."""
+    if checkpoint.checked_file(path, "config.json") is None:
         raise ModelportError(f"no config.json in {path}: not a Hugging Face model directory")
-    try:
-        config = read_json(config_path)
-    except json.JSONDecodeError as e:
-        raise ModelportError(f"{config_path} is not valid JSON: {e}") from e
-    if config.get("auto_map") and not trust_remote_code:
-        raise ModelportError(
-            f"{path.name} needs trust_remote_code (config.json has auto_map): it runs Python from the "
-            "model repo; refused unless you pass --trust-remote-code"
-        )
+    config = checkpoint.read_json_object(path, "config.json")
+    notes: list[str] = []
+    trust_remote_code = _remote_code_policy(path, config, trust_remote_code, notes)
+    arch = ARCHITECTURES.get(config.get("model_type")) if isinstance(config.get("model_type"), str) else None
+
     safetensors = sorted(path.glob("*.safetensors"))
     pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
-    notes: list[str] = []
+    checkpoint.check_files(path, [p.name for p in safetensors])
+    if arch is not None:  # an unknown model_type is refused by name right after (recipes.architecture_for)
+        checkpoint.check_config(config)
     if safetensors:
         weights = tuple(safetensors)
     elif pickles:
@@ -141,14 +124,14 @@ def inspect(
                 f"{path.name} has only pickle weights ({', '.join(p.name for p in pickles)}): loading them can "
                 "run arbitrary code; convert to safetensors or pass --allow-pickle"
             )
+        for p in pickles:
+            checkpoint.checked_file(path, p.name)
         weights = tuple(pickles)
-        notes.append("loaded from pickle weights (--allow-pickle)")
+        notes.append("loaded from pickle weights (--allow-pickle): the tensor inventory was not checked before loading")
     else:
         raise ModelportError(f"no weights in {path} (expected *.safetensors)")
-    dtypes: set[str] = set()
-    for p in weights:
-        if p.suffix == ".safetensors":
-            dtypes |= safetensors_dtypes(p)
+    headers = {p.name: checkpoint.read_header(p) for p in weights if p.suffix == ".safetensors"}
+    dtypes = {t.dtype for tensors in headers.values() for t in tensors.values()}
     float_only = dtypes & FLOAT_DTYPES
     if dtypes and not float_only:
         raise ModelportError(
@@ -159,6 +142,15 @@ def inspect(
         raise ModelportError(f"weights in {path.name} have unsupported dtypes {sorted(dtypes - FLOAT_DTYPES)}")
     if float_only - {"F32"}:
         notes.append(f"weights stored as {sorted(float_only)}; the reference runs them upcast to fp32")
+    checkpoint.check_side_configs(path)
+    if arch is not None:
+        checkpoint.check_tokenizer(path, config)
+        if headers:
+            loaded = checkpoint.read_weights(path, headers)
+            weights = tuple(sorted(set(weights) | {path / f for f in loaded.files}))
+            checkpoint.check_fits(checkpoint.config_params_lower_bound(config), loaded, at_least=True)
+            if checkpoint.torch_available():  # without torch the conversion stops at its package check anyway
+                notes += checkpoint.check_inventory(path, config, loaded, decoder=arch.is_decoder)
     return ModelSource(
         name=name,
         path=path,
@@ -171,6 +163,32 @@ def inspect(
         notes=tuple(notes),
         license=read_license(path, config),
     )
+
+
+def _remote_code_policy(path: Path, config: dict[str, Any], trust_remote_code: bool, notes: list[str]) -> bool:
+    """Whether transformers may run the model repo's own code.
+
+    config.json's `auto_map` points at Python files in the repo. When transformers implements the
+    model_type itself (the real Phi-3-mini config has an auto_map), the model loads natively: no repo
+    code runs, none is needed (`fetch` never downloads *.py), and a note in the manifest says so. Only an
+    architecture transformers does not know needs --trust-remote-code."""
+    auto_map = config.get("auto_map")
+    if not auto_map:
+        return trust_remote_code
+    model_type = config.get("model_type")
+    if isinstance(model_type, str) and model_type in checkpoint.native_model_types():
+        classes = ", ".join(sorted(map(str, auto_map.values()))) if isinstance(auto_map, dict) else str(auto_map)
+        notes.append(f"config.json's auto_map names repo code ({classes}); transformers implements {model_type} "
+                     "itself, so it was loaded natively and no repo code ran"
+                     + (" (--trust-remote-code was not needed)" if trust_remote_code else ""))
+        return False
+    if not trust_remote_code:
+        raise ModelportError(
+            f"{path.name} needs trust_remote_code (config.json has auto_map and model_type {model_type!r} is not "
+            "one transformers implements): it runs Python from the model repo; refused unless you pass "
+            "--trust-remote-code"
+        )
+    return True
 
 
 def read_license(path: Path, config: dict[str, Any]) -> str | None:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from . import families
 from . import manifest as manifest_mod
+from . import weight_stats
 from .errors import ModelportError
 from .manifest import TargetInfo
 from .targets import REGISTRY
@@ -107,18 +108,25 @@ def validate(root: Path, variants: list[str] | None = None, progress: Callable[[
         if progress:
             progress(family.describe_run(name, golden))
         t0 = time.perf_counter()
+        # What no golden input touches (an unused embedding row): the stored weights against the source
+        # checkpoint's per-tensor statistics recorded at conversion (weight_stats.py).
+        weights = weight_stats.check_variant(converter, root, name, man)
         try:
             runner = session.runner(name)
             judged = family.judge(root, golden, name, precision, runner)
         except Exception as e:  # a variant that cannot load or run is a failed variant, not a crash
-            results.append(VariantResult(name, precision, False, None, [_error_line(e)], gate=gate))
+            results.append(VariantResult(name, precision, False, None, [_error_line(e)] + weights.failures,
+                                         extra={"weights": weights.extra}, gate=gate))
             continue
         more = session.extra_metrics(name, runner, judged.against if judged.against is not None else golden)
-        failures = judged.failures + more.pop("failures", [])
+        failures = judged.failures + more.pop("failures", []) + weights.failures
         results.append(VariantResult(name, precision, not failures, judged.metrics, failures, judged.notes,
-                                     time.perf_counter() - t0, {**judged.extra, **more}, gate))
+                                     time.perf_counter() - t0, {**judged.extra, **more, "weights": weights.extra},
+                                     gate))
     runtime = ", ".join(f"{k} {v}" for k, v in converter.runtime_versions().items())
-    return Report(target=info.name, runtime=runtime, results=results, notes=session.notes(), family=family.name)
+    unchecked = sorted({r.extra["weights"]["note"] for r in results if "note" in r.extra.get("weights", {})})
+    return Report(target=info.name, runtime=runtime, results=results, notes=session.notes() + unchecked,
+                  family=family.name)
 
 
 def record(root: Path, report: Report) -> None:

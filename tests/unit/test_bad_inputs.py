@@ -91,8 +91,10 @@ def test_unknown_architecture_lists_supported(capsys, xlmr_dir: Path, tmp_path: 
 
 
 def test_remote_code_refused(capsys, xlmr_dir: Path, tmp_path: Path) -> None:
+    """An architecture transformers does not implement needs the repo's code: refused without the flag.
+    (auto_map on a model_type transformers implements loads natively: test_hostile_checkpoints.)"""
     cfg = json.loads((xlmr_dir / "config.json").read_text())
-    cfg["auto_map"] = {"AutoModel": "modeling_custom.CustomModel"}
+    cfg.update(model_type="custom-encoder", auto_map={"AutoModel": "modeling_custom.CustomModel"})
     (xlmr_dir / "config.json").write_text(json.dumps(cfg))
     out = tmp_path / "out" / "a"
     rc, err = run_convert(capsys, str(xlmr_dir), out)
@@ -149,6 +151,8 @@ def test_force_replaces_existing(capsys, tmp_path: Path) -> None:
     (out / "stale.txt").write_text("old")
     rc, err = run_convert(capsys, "tiny-xlm-roberta", out)
     assert rc == 2 and "--force" in err and (out / "stale.txt").exists()
+    # --force replaces only a modelport artifact (tests/unit/test_output_safety.py: never other folders)
+    (out / "manifest.json").write_text(json.dumps({"manifest_version": 2, "target": {"name": "onnx"}}))
     rc, err = run_convert(capsys, "tiny-xlm-roberta", out, "--force")
     assert rc == 0, err
     assert not (out / "stale.txt").exists() and (out / "manifest.json").is_file()

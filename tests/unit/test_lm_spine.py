@@ -192,16 +192,9 @@ def test_decoder_without_chat_template_is_a_warning_and_no_pooling_rule_applies(
 # --- bad input -------------------------------------------------------------------------------------
 
 
-def _decoder_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "decoder"
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps(_config("qwen3")))
-    (d / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
-    return d
-
-
 def test_decoder_to_a_pooling_only_target_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    rc = convert(str(_decoder_dir(tmp_path)), "--target", "mlc", "--out", str(tmp_path / "out"))
+    # a complete checkpoint: the model directory checks (checkpoint.py) pass, the registry refuses the pair
+    rc = convert("tiny-qwen3", "--target", "mlc", "--out", str(tmp_path / "out"))
     err = capsys.readouterr().err
     err = " ".join(err.split())
     assert rc == 2 and "target 'mlc' does not convert causal-lm models (it converts: sentence-encoder)" in err
@@ -210,7 +203,7 @@ def test_decoder_to_a_pooling_only_target_is_refused(tmp_path: Path, capsys: pyt
 
 
 def test_encoder_only_variant_for_a_decoder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    rc = convert(str(_decoder_dir(tmp_path)), "--target", "onnx", "--variants", "fp32,q8", "--out", str(tmp_path / "o"))
+    rc = convert("tiny-qwen3", "--target", "onnx", "--variants", "fp32,q8", "--out", str(tmp_path / "o"))
     err = " ".join(capsys.readouterr().err.split())
     assert rc == 2 and "unknown variant(s) q8; the onnx target writes for causal-lm models: fp32, fp16, q4, q4f16" in err
     assert not (tmp_path / "o").exists()

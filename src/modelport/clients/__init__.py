@@ -5,7 +5,9 @@ Users do not run that: they run transformers.js, which has its own tokenizer, it
 own ONNX Runtime builds (native in Node, wasm and WebGPU in the browser) and picks the file for a
 `dtype` by name. `check` runs every requested variant through that real pipeline and judges it
 three ways (see compare.py): tokenizer parity, the threshold table against golden, and agreement
-with Python onnxruntime on the same token ids. `record` stores the verdicts under
+with Python onnxruntime on the same token ids. A tokenizer difference that is a known, explained client
+behaviour (compare.KNOWN_DIFFERENCES) is reported, not failed: it neither fails the client nor blocks
+`publish`. `record` stores the verdicts under
 `validation.clients` in manifest.json, where report.html reads them.
 """
 
@@ -136,7 +138,8 @@ def merge_tokenizer(reports: list[dict[str, Any] | None]) -> dict[str, Any] | No
 
 
 def client_status(entry: dict[str, Any]) -> str:
-    """pass unless a variant failed or errored, the tokenizer differs, or something left 127.0.0.1."""
+    """pass unless a variant failed or errored, the tokenizer differs in a way that is not a known client
+    difference (tokenizer status "known-difference" is reported, not failed), or something left 127.0.0.1."""
     verdicts = [v["verdict"] for v in entry["variants"].values()]
     bad = any(v in ("fail", "error") for v in verdicts)
     bad = bad or (entry.get("tokenizer") or {}).get("status") == "mismatch" or bool(entry.get("off_origin_requests"))
@@ -243,6 +246,8 @@ def problem_lines(results: dict[str, dict[str, Any]]) -> list[str]:
     lines = []
     for name, entry in results.items():
         for m in (entry.get("tokenizer") or {}).get("mismatches", []):
+            if m.get("known"):
+                continue  # reported by unsupported_lines: not a failure
             lines.append(f"{name}: token ids differ for text {m['text']} ({m['preview'][:40]!r}...): "
                          f"{m['explanation']}")
         for variant, v in entry["variants"].items():
@@ -253,7 +258,14 @@ def problem_lines(results: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def unsupported_lines(results: dict[str, dict[str, Any]]) -> list[str]:
-    """Why a device could not run a dtype: neither a pass nor a failure, but worth a line."""
-    return [f"{name} {variant}: not supported on this device: {v['notes'][0]}"
-            for name, entry in results.items() for variant, v in entry["variants"].items()
-            if v["verdict"] == "unsupported"]
+    """Neither a pass nor a failure, but worth a line: why a device could not run a dtype, and each
+    input whose token ids differ by a known, explained client behaviour (left out of the comparison)."""
+    lines = [f"{name} {variant}: not supported on this device: {v['notes'][0]}"
+             for name, entry in results.items() for variant, v in entry["variants"].items()
+             if v["verdict"] == "unsupported"]
+    for name, entry in results.items():
+        for m in (entry.get("tokenizer") or {}).get("mismatches", []):
+            if m.get("known"):
+                lines.append(f"{name}: token ids differ for text {m['text']} ({m['preview'][:40]!r}...): "
+                             f"{m['explanation']}; reported, not a failure")
+    return lines

@@ -19,6 +19,8 @@ and implements:
   convert(ctx) -> TargetInfo                    write the variants into ctx.out
   open(artifact) -> ArtifactSession             runners for the validator, with per-artifact state
   runtime_versions() -> dict[str, str]          recorded in the validation report
+  weight_tensors(artifact, variant)             optional: the variant's stored weights as floats, checked
+                                                against the source checkpoint's statistics (weight_stats.py)
 
 Target modules import no toolchain (torch, onnx, coremltools, mlx, tvm) at module level: the
 registry imports every target, and each image installs only its own toolchain.
@@ -31,7 +33,7 @@ import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping
 
 from ..errors import ModelportError, ToolchainError
 
@@ -110,6 +112,13 @@ class Converter(ABC):
     @abstractmethod
     def runtime_versions(self) -> dict[str, str]:
         """Versions of the runtime that ran the variants (recorded in the report)."""
+
+    def weight_tensors(self, artifact: Path, variant: str) -> Iterable[tuple[str, Any, int | None]]:
+        """Every weight the variant stores, read with numpy (no torch, no runtime), one at a time:
+        (name, float numpy array, bits) with bits None for a float tensor as stored (its dtype sets the
+        tolerance) or the bit width of a dequantized one. weight_stats.py compares them with the source
+        checkpoint's per-tensor statistics. Default: none (the target's weights are not checked)."""
+        return ()
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,7 @@ QUANT_BLOCK = 32
 COMPRESSED_OP_TYPES = ("linear", "gather")  # Linear layers (lm_head included) and the embedding table
 COMPRESSION_MIN_ELEMENTS = 2048  # norm weights and biases stay float
 DEFAULT_CONTEXT = 2048
+MIN_CONTEXT = 8
 MASK_FILL = -1.0e4  # finite in float16 (an fp16 program adds it to fp16 scores) and exp() of it is 0 in fp32
 EXPORT_PAST, EXPORT_QUERY = 2, 3  # example shapes for torch.export: not 0 or 1, which it would specialize
 STATE_NAMES = ("key_cache", "value_cache")
@@ -350,8 +351,8 @@ def resolve_context(config: Any, context: int | str | None) -> int:
         value = int(context)
     except (TypeError, ValueError):
         raise ModelportError(f"bad --context {context!r}: expected a number of tokens") from None
-    if not 8 <= value <= limit:
-        raise ModelportError(f"--context {value} must be between 8 and the model's {limit} positions")
+    if not MIN_CONTEXT <= value <= limit:
+        raise ModelportError(f"--context {value} must be between {MIN_CONTEXT} and the model's {limit} positions")
     return value
 
 
@@ -612,6 +613,23 @@ class CoreMLDecoder(Converter):
     @dataclass(frozen=True)
     class Options:
         context: int | None = None  # KV-cache length (the state's sequence dimension)
+
+        def __post_init__(self) -> None:
+            """A context that cannot be is refused when the flags are read, before any model is loaded."""
+            if self.context in (None, ""):
+                return
+            try:
+                value = int(self.context)
+            except (TypeError, ValueError):
+                raise ModelportError(f"bad --context {self.context!r}: expected a number of tokens") from None
+            if value < MIN_CONTEXT:
+                raise ModelportError(f"--context {value} is too small: the KV cache must hold at least {MIN_CONTEXT} "
+                                     "tokens (the prompt and the generated tokens)")
+
+    def adapt_recipe(self, recipe: Any, options: Options) -> Any:
+        """The model's own limit (max_position_embeddings) is checked here, before the reference run."""
+        resolve_context(SimpleNamespace(max_position_embeddings=recipe.max_length), options.context)
+        return recipe
 
     def convert(self, ctx: ConvertContext) -> TargetInfo:
         return convert_lm(ctx.source, ctx.recipe, ctx.variants, ctx.out, ctx.step, context=ctx.options.context)

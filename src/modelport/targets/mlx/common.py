@@ -135,3 +135,8 @@ class MLXConverter(Converter):
 
     def runtime_versions(self) -> dict[str, str]:
         return runtime_versions()
+
+    def weight_tensors(self, artifact: Path, variant: str):
+        from .weights import weight_tensors
+
+        return weight_tensors(artifact, self.variants[variant].path)

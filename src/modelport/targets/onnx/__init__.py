@@ -3,6 +3,7 @@
     encoder.py  sentence encoders: one fp32 export, then fp16 / int8 / 4-bit variants (OnnxEncoder)
     decoder.py  decoder LLMs: a KV-cache graph in the text-generation layout (OnnxDecoder)
     ort.py      what both share: opset, 4-bit quantizer, session options, saving, runtime versions
+    weights.py  every variant's stored weights as floats, for the check against the source (weight_stats.py)
 
 No toolchain is imported at module level (the registry imports every target; the validator image
 has onnxruntime but no torch).

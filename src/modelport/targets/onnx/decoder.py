@@ -35,6 +35,7 @@ from ...manifest import TargetInfo
 from ..registry import ArtifactSession, ConvertContext, Converter, Variant, register
 from .ort import OPSET, Q4_BLOCK, needs_external_data, quantize_q4, save_model, session_options
 from .ort import runtime_versions as ort_versions
+from .weights import dequantize_matmul_nbits  # the one MatMulNBits reader (also the weight check's)
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -277,31 +278,6 @@ def linear_weight_names(fp32_path: Path, source) -> dict[str, str]:
     return mapping
 
 
-def dequantize_matmul_nbits(node, inits: dict[str, Any]) -> np.ndarray:
-    """A MatMulNBits weight as the float [N, K] (= nn.Linear [out, in]) matrix the kernel uses.
-
-    Layout (onnxruntime contrib op): B uint8 [N, blocks, block_size/2], two 4-bit values per byte,
-    low nibble first; scales [N * blocks]; no zero_points input = symmetric, zero point 8.
-    """
-    import onnx
-    from onnx import numpy_helper
-
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    K, N, block, bits = attrs["K"], attrs["N"], attrs["block_size"], attrs.get("bits", 4)
-    if bits != 4:
-        raise ValueError(f"{node.name}: {bits}-bit MatMulNBits is not handled")
-    packed = numpy_helper.to_array(inits[node.input[1]]).reshape(N, -1)
-    q = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(N, -1)[:, :K].astype(np.float32)
-    blocks = (K + block - 1) // block
-    scales = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32).reshape(N, blocks)
-    zero = np.float32(8.0)
-    if len(node.input) > 3 and node.input[3]:
-        z = numpy_helper.to_array(inits[node.input[3]]).reshape(N, -1)
-        zero = np.stack([z & 0x0F, z >> 4], axis=-1).reshape(N, -1)[:, :blocks].astype(np.float32)
-        zero = np.repeat(zero, block, axis=1)[:, :K]
-    return (q - zero) * np.repeat(scales, block, axis=1)[:, :K]
-
-
 def dequantized_weights(q_path: Path, weight_names: dict[str, str]) -> dict[str, np.ndarray]:
     """PyTorch state-dict entries for every MatMulNBits of `q_path`.
 
@@ -479,6 +455,11 @@ class OnnxDecoder(Converter):
 
     def open(self, artifact: Path) -> OnnxDecoderSession:
         return OnnxDecoderSession(artifact)
+
+    def weight_tensors(self, artifact: Path, variant: str):
+        from .weights import weight_tensors
+
+        return weight_tensors(artifact, VARIANTS[variant].path)
 
     def runtime_versions(self) -> dict[str, str]:
         return ort_versions()

@@ -172,5 +172,10 @@ class OnnxEncoder(Converter):
     def open(self, artifact: Path) -> OnnxEncoderSession:
         return OnnxEncoderSession(artifact)
 
+    def weight_tensors(self, artifact: Path, variant: str):
+        from .weights import weight_tensors
+
+        return weight_tensors(artifact, VARIANTS[variant].path)
+
     def runtime_versions(self) -> dict[str, str]:
         return ort_versions()
