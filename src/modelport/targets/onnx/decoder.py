@@ -32,9 +32,8 @@ import numpy as np
 
 from ...families import DECODER
 from ...manifest import TargetInfo
-from ..registry import ArtifactSession, ConvertContext, Converter, Variant, register
-from .ort import OPSET, Q4_BLOCK, needs_external_data, quantize_q4, save_model, session_options
-from .ort import runtime_versions as ort_versions
+from ..registry import ArtifactSession, ConvertContext, Variant, register
+from .ort import OPSET, OnnxConverter, Q4_BLOCK, needs_external_data, quantize_q4, save_model, session_options
 from .weights import dequantize_matmul_nbits  # the one MatMulNBits reader (also the weight check's)
 
 VARIANTS: dict[str, Variant] = {
@@ -440,26 +439,15 @@ class OnnxDecoderSession(ArtifactSession):
 
 
 @register
-class OnnxDecoder(Converter):
+class OnnxDecoder(OnnxConverter):
     """Decoder LLMs -> transformers.js `text-generation` layout, one KV-cache graph (see the module docstring)."""
 
-    target = "onnx"
     family = DECODER.name
     variants = VARIANTS
     defaults = DEFAULT_VARIANTS
-    requires = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript")
-    runtime_requires = ("onnxruntime",)
 
     def convert(self, ctx: ConvertContext) -> TargetInfo:
         return convert(ctx.source, ctx.recipe, ctx.variants, ctx.out, ctx.step)
 
     def open(self, artifact: Path) -> OnnxDecoderSession:
         return OnnxDecoderSession(artifact)
-
-    def weight_tensors(self, artifact: Path, variant: str):
-        from .weights import weight_tensors
-
-        return weight_tensors(artifact, VARIANTS[variant].path)
-
-    def runtime_versions(self) -> dict[str, str]:
-        return ort_versions()

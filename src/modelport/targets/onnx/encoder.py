@@ -22,9 +22,8 @@ import numpy as np
 
 from ...families import ENCODER
 from ...manifest import TargetInfo
-from ..registry import ArtifactSession, ConvertContext, Converter, Variant, register
-from .ort import OPSET, Q4_BLOCK, needs_external_data, quantize_q4, session_options
-from .ort import runtime_versions as ort_versions
+from ..registry import ArtifactSession, ConvertContext, Variant, register
+from .ort import OPSET, OnnxConverter, Q4_BLOCK, needs_external_data, quantize_q4, session_options
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -156,26 +155,15 @@ class OnnxEncoderSession(ArtifactSession):
 
 
 @register
-class OnnxEncoder(Converter):
+class OnnxEncoder(OnnxConverter):
     """Sentence encoders -> transformers.js `feature-extraction` layout (see the module docstring)."""
 
-    target = "onnx"
     family = ENCODER.name
     variants = VARIANTS
     defaults = DEFAULT_VARIANTS
-    requires = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript")
-    runtime_requires = ("onnxruntime",)
 
     def convert(self, ctx: ConvertContext) -> TargetInfo:
         return convert(ctx.source, ctx.recipe, ctx.variants, ctx.out, ctx.step)
 
     def open(self, artifact: Path) -> OnnxEncoderSession:
         return OnnxEncoderSession(artifact)
-
-    def weight_tensors(self, artifact: Path, variant: str):
-        from .weights import weight_tensors
-
-        return weight_tensors(artifact, VARIANTS[variant].path)
-
-    def runtime_versions(self) -> dict[str, str]:
-        return ort_versions()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..registry import Converter
+
 OPSET = 18
 Q4_BLOCK = 32
 # protobuf cannot hold a single file over 2 GB: above this, weights go to <file>_data next to it
@@ -68,3 +70,20 @@ def runtime_versions() -> dict[str, str]:
     from importlib.metadata import version
 
     return {"onnxruntime": version("onnxruntime")}
+
+
+class OnnxConverter(Converter):
+    """What both ONNX converters share: the toolchain, the runtime, the weight reader. Not registered
+    itself; OnnxEncoder and OnnxDecoder subclass it with their family, variants and convert/open."""
+
+    target = "onnx"
+    requires = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript")
+    runtime_requires = ("onnxruntime",)
+
+    def weight_tensors(self, artifact: Path, variant: str):
+        from .weights import weight_tensors
+
+        return weight_tensors(artifact, self.variants[variant].path)
+
+    def runtime_versions(self) -> dict[str, str]:
+        return runtime_versions()
