@@ -16,10 +16,11 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote
+
+from netget import urlopen
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "debhouse"
@@ -54,7 +55,7 @@ def fetch(name: str, url: str, want: str, size: int) -> str:
     if ARCHIVE and url.startswith("http://deb.debian.org/debian/"):
         url = ARCHIVE.rstrip("/") + "/" + url[len("http://deb.debian.org/debian/"):]
     tmp = path.with_suffix(".part")
-    with urllib.request.urlopen(url, timeout=120) as r, open(tmp, "wb") as f:
+    with urlopen(url, timeout=120) as r, open(tmp, "wb") as f:
         while block := r.read(1 << 20):
             f.write(block)
     got = sha256(tmp)

@@ -18,9 +18,10 @@ import hashlib
 import json
 import os
 import sys
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from netget import urlopen
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "npmhouse"
@@ -60,7 +61,7 @@ def fetch(url: str, integrity: str) -> str:
     path = OUT / name
     if path.is_file() and hashlib.new(algo, path.read_bytes()).digest() == want:
         return "cached"
-    with urllib.request.urlopen(url, timeout=120) as r:
+    with urlopen(url, timeout=120) as r:
         data = r.read()
     if hashlib.new(algo, data).digest() != want:
         raise SystemExit(f"npmhouse: integrity mismatch for {url}")
