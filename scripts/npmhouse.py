@@ -21,7 +21,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from netget import urlopen
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # netget.py beside it, also when imported by path
+from netget import urlopen  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "npmhouse"

@@ -22,8 +22,15 @@ TINY: dict[tuple[str, str], tuple[str, str | None, tuple[str, ...], dict[str, st
     ("onnx", "causal-lm"): ("tiny-llama", "fp32,fp16,q4", (), {}),  # test_lm_onnx.lm_artifact
     ("coreml", "sentence-encoder"): ("tiny-xlm-roberta", "fp32,fp16,w8,pal6,pal4", ("--shape", "fixed:64"), {}),
     ("coreml", "causal-lm"): ("tiny-llama", "fp32,w8,w4", ("--context", "64"), {}),  # test_coreml_lm.artifact
+    # tiny EmbeddingGemma: not w8/pal4, the tiny random weights fail those gates in PyTorch itself
+    ("coreml", "decoder-embedder"): ("tiny-embeddinggemma", "fp32,fp16", ("--shape", "fixed:64"), {}),
+    ("coreml", "multi-vector-encoder"): ("tiny-bge-m3", "fp32,w8", ("--shape", "fixed:64"), {}),
     ("mlx", "sentence-encoder"): ("tiny-xlm-roberta", "f32,q4", (), {}),  # test_mlx.xlmr_mlx
     ("mlx", "causal-lm"): ("tiny-qwen3", None, (), {}),  # test_mlx_lm.artifact
+    ("onnx", "decoder-embedder"): ("tiny-embeddinggemma", "fp32,q8", (), {}),  # test_clients_embedders
+    ("onnx", "multi-vector-encoder"): ("tiny-bge-m3", "fp32,q8", (), {}),  # test_embedders, test_clients_embedders
+    ("mlx", "decoder-embedder"): ("tiny-embeddinggemma", "f32,q4", (), {}),
+    ("mlx", "multi-vector-encoder"): ("tiny-bge-m3", "f32,q4", (), {}),
     ("mlc", "sentence-encoder"): ("tiny-bert-arctic", "f32,f16", (), OFF),  # test_mlc.arctic_mlc
 }
 

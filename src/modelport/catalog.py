@@ -58,6 +58,29 @@ MODELS: dict[str, KnownModel] = {
                    _tiny("tiny-phi3")),
         KnownModel("llama-3.2-1b-shape", "random Llama with Llama-3.2-1B's shape (1.24B parameters, 5 GB fp32; "
                    "untrained, for scale benchmarks), tiny BPE tokenizer", _tiny("llama-3.2-1b-shape")),
+        # embedders shaped like hub models (random, untrained: not their weights, hence no hub_id)
+        KnownModel("tiny-qwen3-embedding",
+                   "tiny random Qwen3 trunk shaped like Qwen/Qwen3-Embedding-0.6B (3 layers, GQA 4/2; last-token "
+                   "pooling, left padding, <|endoftext|> appended, query prompt), BPE tokenizer",
+                   _tiny("tiny-qwen3-embedding")),
+        KnownModel("tiny-embeddinggemma",
+                   "tiny random bidirectional Gemma 3 shaped like google/embeddinggemma-300m (6 layers, 5 sliding "
+                   "(window 8) : 1 full, 3/1 heads; mean pooling, Dense 96->384->96, task prompts), Unigram "
+                   "tokenizer", _tiny("tiny-embeddinggemma")),
+        KnownModel("tiny-bge-m3",
+                   "tiny random XLM-RoBERTa shaped like BAAI/bge-m3 (CLS pooling, 8192 tokens, sparse_linear.pt "
+                   "and colbert_linear.pt heads), Unigram tokenizer", _tiny("tiny-bge-m3")),
+        KnownModel("qwen3-embedding-0.6b-shape",
+                   "random Qwen3 with Qwen/Qwen3-Embedding-0.6B's shape (0.6B parameters, 2.4 GB fp32; untrained, "
+                   "for scale runs), its sentence-transformers files, tiny BPE tokenizer",
+                   _tiny("qwen3-embedding-0.6b-shape")),
+        KnownModel("embeddinggemma-300m-shape",
+                   "random bidirectional Gemma 3 with google/embeddinggemma-300m's shape (0.3B parameters, 1.2 GB "
+                   "fp32, Dense 768->3072->768; untrained, for scale runs), tiny Unigram tokenizer",
+                   _tiny("embeddinggemma-300m-shape")),
+        KnownModel("bge-m3-shape",
+                   "random XLM-RoBERTa large with BAAI/bge-m3's shape (0.57B parameters, 2.3 GB fp32, both heads; "
+                   "untrained, for scale runs), tiny Unigram tokenizer", _tiny("bge-m3-shape")),
     )
 }
 

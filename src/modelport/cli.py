@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
                    "range[:LO-HI] (default 1 to the max length), enumerated[:N,N,...] (default 32,64,...,max length)")
     c.add_argument("--context", type=int, help="coreml decoders: KV-cache length of the stateful package "
                    "(default: the target's own; prefill + generated tokens must fit)")
+    c.add_argument("--truncate-dim", type=int, metavar="N",
+                   help="embedders: ship the first N dims of the sentence embedding (Matryoshka; re-normalized "
+                        "when the model normalizes), for every target")
     c.add_argument("--out", "-o", type=Path, help="artifact directory (default: artifacts/<model>/<target>)")
     c.add_argument("--force", action="store_true", help="replace an existing artifact directory")
     c.add_argument("--allow-pickle", action="store_true",
@@ -165,6 +168,7 @@ def _convert(args: argparse.Namespace, out) -> int:
         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
         validate=not args.skip_validation, ignore_lint=args.ignore_lint, command=tuple(["modelport"] + sys.argv[1:]),
         options={k: v for k, v in (("shape", args.shape), ("context", args.context)) if v is not None},
+        truncate_dim=args.truncate_dim,
     )
     with Steps(out) as steps:
         path, report = run(req, steps)
@@ -328,6 +332,8 @@ def _clients(args: argparse.Namespace, out) -> int:
         out.print(f"[red]✗[/] {escape(line)}", soft_wrap=True)
     for line in clients.unsupported_lines(results):
         out.print(f"[yellow]–[/] {escape(line)}", soft_wrap=True)
+    for line in clients.probe_lines(results):  # what a client skipping the graph's head would have got
+        out.print(f"[dim]  {escape(line)}[/]", soft_wrap=True)
     _write_report(out, root)
     failed = [n for n, e in results.items() if e["status"] == "fail"]
     if failed:
@@ -379,7 +385,8 @@ def _recipes(out) -> int:
     for col in ("model_type", "family", "inputs", "default pooling", "targets", "quirks"):
         t.add_column(col)
     for a in ARCHITECTURES.values():
-        t.add_row(a.model_type, a.family, ", ".join(a.inputs), a.default_pooling, ", ".join(a.targets),
+        family = a.family + (", decoder-embedder (Pooling module)" if a.embedder else "")
+        t.add_row(a.model_type, family, ", ".join(a.inputs), a.default_pooling, ", ".join(a.targets),
                   ", ".join(q.name for q in a.quirks))
     out.print(t)
     out.print(_registry_table())

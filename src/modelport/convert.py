@@ -15,7 +15,8 @@ from typing import Any, Iterator
 from . import families, lint, manifest, weight_stats
 from .errors import ModelportError, ToolchainError
 from .fsutil import check_output_dir, staging_dir, write_error_log
-from .recipes import recipe_for
+from .embedding import head_tensors
+from .recipes import EMBEDDING_FAMILIES, recipe_for
 from .source import resolve
 from .targets import REGISTRY
 from .targets.registry import ConvertContext, parse_options, parse_variants, require_packages
@@ -37,6 +38,7 @@ class ConvertRequest:
     command: tuple[str, ...] = ()
     # Target options by name (coreml: shape, context); each converter's Options dataclass says which it takes.
     options: dict[str, str] = field(default_factory=dict)
+    truncate_dim: int | None = None  # embedders: Matryoshka truncation of the sentence embedding
 
 
 def default_out(model_name: str, target: str) -> Path:
@@ -89,12 +91,12 @@ def run(req: ConvertRequest, steps: Steps) -> tuple[Path, Report | None]:
 
     steps("inspect model")
     source = resolve(req.model, allow_pickle=req.allow_pickle, trust_remote_code=req.trust_remote_code)
-    recipe = recipe_for(source.path, source.config)
-    family = families.get(recipe.architecture.family)
+    recipe = recipe_for(source.path, source.config, truncate_dim=req.truncate_dim)
+    family = families.get(recipe.family)
     cls = REGISTRY.converter_class(req.target, family.name)
-    if req.target not in recipe.architecture.targets:
+    if req.target not in recipe.targets:
         raise ModelportError(f"target {req.target!r} does not support {recipe.architecture.model_type} "
-                             f"({family.name}) yet (supported: {', '.join(recipe.architecture.targets)})")
+                             f"({family.name}) yet (supported: {', '.join(recipe.targets)})")
     variants = parse_variants(cls, req.variants)
     options = parse_options(cls, req.options)
     spec = REGISTRY.target(req.target)
@@ -116,7 +118,11 @@ def run(req: ConvertRequest, steps: Steps) -> tuple[Path, Report | None]:
             target_info = converter.convert(ConvertContext(source, recipe, variants, work, steps, options))
         steps("write manifest (sha256 of every file)")
         # per-tensor statistics of the checkpoint: what validation checks the stored weights against
-        source_json = {**source.to_json(), "tensor_stats": weight_stats.source_stats(source.weight_files)}
+        extra = head_tensors(source.path, recipe.head, recipe.heads) if recipe.family in EMBEDDING_FAMILIES else {}
+        quirks = [q for q in recipe.quirks if q.stored_forms]
+        forms = (lambda name, values: {k: v for q in quirks for k, v in q.forms(name, values).items()}) if quirks else None
+        source_json = {**source.to_json(),
+                       "tensor_stats": weight_stats.source_stats(source.weight_files, extra, forms)}
         man = manifest.build(work, command=list(req.command), source=source_json,
                              recipe=recipe.to_json(), target=target_info,
                              lint=[f.to_json() for f in findings])

@@ -15,10 +15,15 @@ from typing import Any
 
 from .errors import ModelportError
 from .fsutil import read_json, write_json
-from .recipes import Recipe, read_pooling
+from .recipes import Recipe
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 POOLING_FILES = ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
+# the prompts (config_sentence_transformers.json) and every module folder modules.json names (Pooling,
+# Dense with its weights, Normalize): small files, and with them sentence-transformers' ONNX backend
+# loads the artifact folder as the checkpoint was loaded
+ST_FILES = ("config_sentence_transformers.json",)
+MODULE_FILES = ("config.json", "model.safetensors")
 
 
 def write_pooling_config(out: Path, pooling: str, normalize: bool, max_seq_length: int, dim: int) -> None:
@@ -50,9 +55,9 @@ def copy_model_files(source, recipe: Recipe, out: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source.path / "config.json", out / "config.json")
     written = ["config.json"]
-    for name in TOKENIZER_FILES + POOLING_FILES:
+    for name in TOKENIZER_FILES + POOLING_FILES + ST_FILES + module_files(source.path):
         src = source.path / name
-        if src.is_file():
+        if src.is_file() and name not in written:
             (out / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, out / name)
             written.append(name)
@@ -70,12 +75,29 @@ def copy_model_files(source, recipe: Recipe, out: Path) -> list[str]:
     return written
 
 
+def module_files(model_dir: Path) -> tuple[str, ...]:
+    """The files of every sentence-transformers module folder modules.json names (a Dense layer's
+    config and safetensors weights; a pickled pytorch_model.bin is not carried: it is converted by
+    whoever needs it, never shipped)."""
+    path = model_dir / "modules.json"
+    if not path.is_file():
+        return ()
+    folders = [str(m.get("path", "")) for m in read_json(path) if m.get("path")]
+    return tuple(f"{folder}/{name}" for folder in folders for name in MODULE_FILES
+                 if (model_dir / folder / name).is_file())
+
+
 def check_pooling_carried(out: Path, recipe: Recipe) -> None:
-    """The pooling a client will read from `out` is the pooling the reference used."""
-    shipped = read_pooling(out)
-    if shipped != (recipe.pooling, recipe.normalize):
-        raise ModelportError(
-            f"pooling config in {out} says {shipped}, the reference used {(recipe.pooling, recipe.normalize)}")
+    """The contract a client will read from `out` is the one the reference used (pooling, normalize,
+    Dense layers, prompts)."""
+    from .embedding import read_contract
+
+    shipped = read_contract(out, recipe.hidden_size)
+    used = recipe.head
+    if shipped is None or (shipped.pooling, shipped.normalize, shipped.dense, shipped.prompts) != \
+            (used.pooling, used.normalize, used.dense, used.prompts):
+        raise ModelportError(f"the sentence-transformers files in {out} do not say what the reference used "
+                             f"(shipped: {shipped and shipped.to_json()}; used: {used.to_json()})")
 
 
 # Files a decoder artifact carries beside its weights (whichever the checkpoint has).

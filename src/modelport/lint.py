@@ -20,11 +20,11 @@ from typing import Any, Callable
 
 from .errors import ModelportError
 from .fsutil import read_json
-from .recipes import CAUSAL_LM, SENTENCE_ENCODER, Recipe
+from .recipes import CAUSAL_LM, EMBEDDING_FAMILIES, SENTENCE_ENCODER, Recipe
 
 # A rule about the checkpoint itself (tokenizer, pooling) applies to every registered target, present and future.
 ALL_TARGETS = ("*",)
-ALL_FAMILIES = (SENTENCE_ENCODER, CAUSAL_LM)
+ALL_FAMILIES = (*EMBEDDING_FAMILIES, CAUSAL_LM)
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Rule:
     targets: tuple[str, ...]
     check: Callable[[Path, dict[str, Any], Recipe], list[Finding]]
     # model families (recipes.py) the rule concerns: pooling rules mean nothing for a decoder
-    families: tuple[str, ...] = (SENTENCE_ENCODER,)
+    families: tuple[str, ...] = EMBEDDING_FAMILIES
 
 
 def _tokenizer_json(model_dir: Path) -> dict[str, Any]:
@@ -169,7 +169,7 @@ RULES: tuple[Rule, ...] = (
 
 
 def run(model_dir: Path, config: dict[str, Any], recipe: Recipe, target: str) -> list[Finding]:
-    family = recipe.architecture.family
+    family = recipe.family
     return [f for rule in RULES if (target in rule.targets or rule.targets == ALL_TARGETS) and family in rule.families
             for f in rule.check(model_dir, config, recipe)]
 

@@ -221,6 +221,7 @@ def _axes(axes: Any) -> tuple[int, ...] | None:
 BINARY = {
     "add": np.add, "sub": np.subtract, "mul": np.multiply, "maximum": np.maximum, "minimum": np.minimum,
     "equal": np.equal, "not_equal": np.not_equal, "greater_equal": np.greater_equal,
+    "greater": np.greater, "less": np.less, "less_equal": np.less_equal,
 }
 for _name, _fn in BINARY.items():
     OPS[_name] = lambda x, y, _fn=_fn: _fn(f32(x), f32(y))
@@ -273,6 +274,18 @@ def reshape(x: Array, shape: Array) -> Array:
     if len(dims) == x.ndim:  # MIL: 0 keeps the input's dimension when the ranks match
         dims = [x.shape[i] if s == 0 else s for i, s in enumerate(dims)]
     return np.reshape(x, dims)
+
+
+@op("squeeze")
+def squeeze(x: Array, axes: Array | None = None) -> Array:
+    """MIL: drop the given size-1 axes, or every size-1 axis when `axes` is absent."""
+    x = np.asarray(x)
+    return np.squeeze(x, axis=_axes(axes)) if axes is not None else np.squeeze(x)
+
+
+@op("identity")
+def identity(x: Array) -> Array:
+    return x
 
 
 @op("transpose")
@@ -361,6 +374,16 @@ def reduce_sum(x: Array, axes: Array | None = None, keep_dims: Any = False) -> A
     return np.sum(f32(x), axis=_axes(axes), keepdims=bool(keep_dims))
 
 
+@op("reduce_argmax")
+def reduce_argmax(x: Array, axis: Array = -1, keep_dims: Any = False, output_dtype: str = "int32") -> Array:
+    """MIL: index of the largest value along one axis (ties: Core ML does not say which; the
+    first here, like NumPy), int32 or, from iOS18, `output_dtype`. Last-token pooling:
+    argmax(mask * positions)."""
+    out = np.argmax(f32(x), axis=int(axis))
+    out = np.expand_dims(out, int(axis)) if bool(keep_dims) else out
+    return out.astype(CAST_DTYPES[str(output_dtype)])
+
+
 @op("reduce_mean")
 def reduce_mean(x: Array, axes: Array | None = None, keep_dims: Any = False) -> Array:
     return np.mean(f32(x), axis=_axes(axes), keepdims=bool(keep_dims))
@@ -386,6 +409,12 @@ def range_1d(start: Array, end: Array, step: Array) -> Array:
     return np.arange(start.item(), end.item(), step.item(), dtype=np.result_type(start, end, step))
 
 
+@op("abs")
+def abs_(x: Array) -> Array:
+    """MIL: |x| (EmbeddingGemma's bidirectional window: |i - j| < window)."""
+    return np.abs(f32(x))
+
+
 @op("cos")
 def cos(x: Array) -> Array:
     return np.cos(f32(x))
@@ -409,6 +438,12 @@ def rsqrt(x: Array, epsilon: Array = 1e-12) -> Array:
     """MIL: 1 / sqrt(x + epsilon). The converter leaves the default 1e-12 in RMSNorm, on top of
     the model's own epsilon (>= 1e-6): below one float32 ulp of the sum, as on device."""
     return np.float32(1.0) / np.sqrt(f32(x) + f32(epsilon))
+
+
+@op("relu")
+def relu(x: Array) -> Array:
+    """MIL: max(x, 0) (BGE-M3's sparse head)."""
+    return np.maximum(f32(x), np.float32(0.0))
 
 
 @op("silu")

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .embedding import (EmbeddingContract, MultiVectorHeads, padding_side, read_contract, read_heads,
+                        with_truncate_dim)
 from .errors import ModelportError
 from .fsutil import read_json
 
@@ -32,9 +34,28 @@ class Quirk:
     why: str
     # config dict -> notes; rewrites the config.json an artifact ships (in place)
     config_fix: Callable[[dict[str, Any]], list[str]] | None = None
+    # (tensor name, float32 values) -> other forms a converter may store the tensor in, by name; the
+    # weight check (weight_stats) accepts those forms too, so a folded constant is not a false alarm
+    stored_forms: Callable[[str, Any], dict[str, Any]] | None = None
+    # (transformers model, recipe) -> notes; rewrites the PyTorch model every torch-traced export (and
+    # the golden) is built from, without changing what it computes (torch_model.make_encoder applies it)
+    model_fix: Callable[[Any, Any], list[str]] | None = None
 
     def apply_config(self, config: dict[str, Any]) -> list[str]:
         return self.config_fix(config) if self.config_fix else []
+
+    def forms(self, name: str, values: Any) -> dict[str, Any]:
+        return self.stored_forms(name, values) if self.stored_forms else {}
+
+
+@dataclass(frozen=True)
+class EmbedderRole:
+    """How a decoder architecture is converted when a checkpoint uses it as an embedder: no KV cache
+    (inputs are ids + mask), its own targets, and the quirks of that use."""
+
+    targets: tuple[str, ...]
+    quirks: tuple[Quirk, ...] = ()
+    inputs: tuple[str, ...] = ("input_ids", "attention_mask")
 
 
 @dataclass(frozen=True)
@@ -54,6 +75,9 @@ class Architecture:
     quant_group_size: int = 64
     # Decoders (family "causal-lm"): the transformers class the reference and exporters load.
     causal_lm_class: str | None = None
+    # A decoder architecture that also serves as an embedder when the checkpoint carries a
+    # sentence-transformers Pooling module (Qwen3-Embedding is `qwen3` weights).
+    embedder: "EmbedderRole | None" = None
 
     @property
     def is_decoder(self) -> bool:
@@ -74,6 +98,13 @@ PADDING_ROWS_UNDEFINED = Quirk(
 
 SENTENCE_ENCODER = "sentence-encoder"
 CAUSAL_LM = "causal-lm"
+# Embedders built on a decoder trunk (Qwen3-Embedding, EmbeddingGemma): their own family, because
+# the trunk (RoPE, GQA, RMSNorm, causal or bidirectional masks) is what a target converts differently.
+DECODER_EMBEDDER = "decoder-embedder"
+# Encoders with more than one output (BGE-M3: dense + sparse lexical weights + ColBERT vectors).
+MULTI_VECTOR = "multi-vector-encoder"
+EMBEDDING_FAMILIES = (SENTENCE_ENCODER, DECODER_EMBEDDER, MULTI_VECTOR)
+EMBEDDER_INPUTS = ("input_ids", "attention_mask")
 
 # --- decoder quirks: what each converter (ONNX, MLX, Core ML) must do deliberately -----------------
 TIED_EMBEDDINGS = Quirk(
@@ -135,14 +166,64 @@ DECODER_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
 
 
+# --- embedder quirks --------------------------------------------------------------------------------
+LAST_TOKEN_LEFT_PADDING = Quirk(
+    "last-token-left-padding",
+    "the sentence embedding is the hidden state of the last real token (the EOS the tokenizer appends); "
+    "the tokenizer pads on the left so that token is at the end of every row. The graph finds the last "
+    "real position from the attention mask (either padding side), as sentence-transformers does.",
+)
+BIDIRECTIONAL = Quirk(
+    "bidirectional-attention",
+    "config.use_bidirectional_attention: a decoder trunk with no causal mask (EmbeddingGemma). A converter "
+    "that reuses its causal-LM path computes another model; padding is masked on keys only.",
+)
+SLIDING_WINDOW = Quirk(
+    "sliding-window",
+    "layers of type sliding_attention see keys within a window around each query. With bidirectional "
+    "attention transformers 5 stores window w as (w // 2) + 1 in the config object and writes (w - 1) * 2 "
+    "back to config.json: a key is visible when |q - k| < config.sliding_window (the object's value). "
+    "Validation texts longer than the window exercise it.",
+)
+def _one_plus_norm(name: str, values: Any) -> dict[str, Any]:
+    """Gemma norm weights as an exporter folds them: the constant 1 + w."""
+    return {f"{name} (stored as 1 + w)": values + 1.0} if name.endswith("norm.weight") else {}
+
+
+GEMMA_NORMS = Quirk(
+    "gemma-norms",
+    "Gemma's RMSNorm multiplies by (1 + weight); embeddings are scaled by sqrt(hidden_size) in the weights' "
+    "dtype; attention scores use query_pre_attn_scalar**-0.5, not head_dim**-0.5; q/k norms per head; "
+    "four norms per layer (pre/post attention and feed-forward); GELU (tanh) gating. torch.export folds "
+    "1 + weight into one constant: the weight check accepts that form of every norm weight.",
+    stored_forms=_one_plus_norm,
+)
+def _rope_tables(model: Any, recipe: Any) -> list[str]:
+    from .rope_tables import tabulate_rope
+
+    return tabulate_rope(model, recipe.max_length)
+
+
+ROPE_TABLES = Quirk(
+    "rope-tables",
+    "rotary cos/sin are computed in the graph from position x frequency, angles up to max_length radians; "
+    "WGSL guarantees sin/cos to 2^-11 absolute only inside [-pi, pi] (undefined beyond), so WebGPU computes "
+    "other tables: fp32 Qwen3-Embedding / EmbeddingGemma embeddings off by 3.3e-5 / 3.6e-5 in Chromium "
+    "(SwiftShader) while position 0 matched to 1e-6. The traced graph gathers cos/sin from tables PyTorch "
+    "computes at conversion for positions < max_length (the same float32 values, a Gather instead of Sin/Cos).",
+    model_fix=_rope_tables,
+)
+EMBEDDER_TARGETS = ("onnx", "coreml", "mlx")
+
+
 def _decoder(model_type: str, causal_lm_class: str, *quirks: Quirk,
-             targets: tuple[str, ...] = DECODER_TARGETS) -> Architecture:
+             targets: tuple[str, ...] = DECODER_TARGETS, embedder: EmbedderRole | None = None) -> Architecture:
     """A decoder LLM entry. Every family here takes the KV-cache inputs (DECODER_INPUTS) and has
     grouped-query attention, (possibly) tied embeddings and transformers 5 rope_parameters; the
     arguments are what sets one family apart: its class, its own quirks, and (Phi-3) fewer targets."""
     return Architecture(model_type=model_type, family=CAUSAL_LM, inputs=DECODER_INPUTS, default_pooling="none",
                         quirks=(GQA, TIED_EMBEDDINGS, ROPE_PARAMETERS, *quirks), targets=targets,
-                        causal_lm_class=causal_lm_class)
+                        causal_lm_class=causal_lm_class, embedder=embedder)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -180,18 +261,26 @@ ARCHITECTURES: dict[str, Architecture] = {
         # --- decoder LLMs: shared conventions in _decoder, what differs named per family -------------
         _decoder("llama", "LlamaForCausalLM"),
         _decoder("qwen2", "Qwen2ForCausalLM", QKV_BIAS),
-        _decoder("qwen3", "Qwen3ForCausalLM", QK_NORM),
+        _decoder("qwen3", "Qwen3ForCausalLM", QK_NORM,
+                 embedder=EmbedderRole(EMBEDDER_TARGETS, (LAST_TOKEN_LEFT_PADDING, ROPE_TABLES))),
+        # --- decoder trunks used only as embedders ------------------------------------------------------
+        Architecture(
+            model_type="gemma3_text",
+            family=DECODER_EMBEDDER,
+            inputs=EMBEDDER_INPUTS,
+            default_pooling="mean",
+            quirks=(BIDIRECTIONAL, SLIDING_WINDOW, GEMMA_NORMS, GQA, ROPE_PARAMETERS, ROPE_TABLES),
+            targets=EMBEDDER_TARGETS,
+        ),
         _decoder("smollm3", "SmolLM3ForCausalLM", NOPE_LAYERS),
         _decoder("phi3", "Phi3ForCausalLM", FUSED_PROJECTIONS, targets=("onnx",)),
     )
 }
 
-POOLING_MODES = ("mean", "cls")
-
-
 @dataclass(frozen=True)
 class Recipe:
-    """An architecture applied to one checkpoint: everything a target needs to know."""
+    """An embedding checkpoint (sentence encoder, decoder embedder, multi-vector encoder): an
+    architecture plus the sentence-transformers contract read from the checkpoint's own files."""
 
     architecture: Architecture
     pooling: str
@@ -201,26 +290,70 @@ class Recipe:
     pooling_source: str  # "sentence-transformers" or "architecture-default"
     notes: tuple[str, ...] = field(default=())
     quant_group_size: int = 64
+    # the rest of the contract (Dense layers, prompts, padding side, truncation); pooling/normalize
+    # above are its first two fields, kept flat because every target reads them
+    contract: EmbeddingContract | None = None
+    heads: MultiVectorHeads | None = None  # BGE-M3's sparse + ColBERT heads
+    family: str = SENTENCE_ENCODER
 
     @property
     def inputs(self) -> tuple[str, ...]:
+        if self.family == DECODER_EMBEDDER and self.architecture.embedder is not None:
+            return self.architecture.embedder.inputs
         return self.architecture.inputs
 
+    @property
+    def targets(self) -> tuple[str, ...]:
+        if self.family == DECODER_EMBEDDER and self.architecture.embedder is not None:
+            return self.architecture.embedder.targets
+        return self.architecture.targets
+
+    @property
+    def quirks(self) -> tuple[Quirk, ...]:
+        role = self.architecture.embedder if self.family == DECODER_EMBEDDER else None
+        return self.architecture.quirks + (role.quirks if role else ())
+
+    @property
+    def head(self) -> EmbeddingContract:
+        """The full contract (a plain pooling + normalize one when the recipe was built by hand)."""
+        return self.contract or EmbeddingContract(self.pooling, self.normalize, source=self.pooling_source)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.head.output_dim(self.hidden_size)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return ("last_hidden_state", "sentence_embedding") + (MULTI_VECTOR_OUTPUTS if self.heads else ())
+
     def to_json(self) -> dict[str, Any]:
+        head = self.head
         return {
             "model_type": self.architecture.model_type,
-            "family": self.architecture.family,
+            "family": self.family,
             "inputs": list(self.inputs),
-            "outputs": ["last_hidden_state", "sentence_embedding"],
+            "outputs": list(self.outputs),
             "pooling": self.pooling,
             "normalize": self.normalize,
             "max_length": self.max_length,
             "hidden_size": self.hidden_size,
+            "embedding_dim": self.embedding_dim,
             "pooling_source": self.pooling_source,
+            "dense": [d.to_json() for d in head.dense],
+            "prompts": {"query": head.query_prompt, "document": head.document_prompt, "all": dict(head.prompts),
+                        "default_prompt_name": head.default_prompt_name},
+            "padding_side": head.padding_side,
+            "truncate_dim": head.truncate_dim,
+            **({"heads": self.heads.to_json()} if self.heads else {}),
             "quant_group_size": self.quant_group_size,
-            "quirks": [q.name for q in self.architecture.quirks],
+            "quirks": [q.name for q in self.quirks],
             "notes": list(self.notes),
         }
+
+
+# BGE-M3's extra outputs: per-token sparse weights [batch, seq] (ReLU, 0 on padding and on the
+# tokenizer's special tokens) and ColBERT vectors [batch, seq - 1, dim] (tokens 1.., masked, normalized).
+MULTI_VECTOR_OUTPUTS = ("sparse_weights", "colbert_vectors")
 
 
 def supported_types() -> str:
@@ -240,35 +373,13 @@ def architecture_for(config: dict[str, Any]) -> Architecture:
 
 def read_pooling(model_dir: Path) -> tuple[str, bool] | None:
     """Pooling mode and normalization from sentence-transformers' modules.json, if present."""
-    modules_path = model_dir / "modules.json"
-    if not modules_path.is_file():
-        return None
-    modules = read_json(modules_path)
-    pooling: str | None = None
-    normalize = False
-    for module in modules:
-        kind = module.get("type", "")
-        if kind.endswith(".Pooling"):
-            cfg_path = model_dir / module.get("path", "") / "config.json"
-            if not cfg_path.is_file():
-                raise ModelportError(f"modules.json names a Pooling module but {cfg_path} is missing")
-            cfg = read_json(cfg_path)
-            modes = [k[len("pooling_mode_"):] for k, v in cfg.items() if k.startswith("pooling_mode_") and v]
-            if "pooling_mode" in cfg:  # newer sentence-transformers spell it as one string
-                modes = [cfg["pooling_mode"]]
-            modes = ["mean" if m == "mean_tokens" else "cls" if m == "cls_token" else m for m in modes]
-            if len(modes) != 1 or modes[0] not in POOLING_MODES:
-                raise ModelportError(
-                    f"unsupported pooling in {cfg_path}: {modes or 'none'}; supported: {', '.join(POOLING_MODES)}"
-                )
-            pooling = modes[0]
-        elif kind.endswith(".Normalize"):
-            normalize = True
-        elif kind.endswith(".Dense"):
-            raise ModelportError("sentence-transformers Dense modules are not supported yet")
-    if pooling is None:
-        return None
-    return pooling, normalize
+    contract = read_contract(model_dir, hidden_size=_hidden_size_of(model_dir))
+    return None if contract is None else (contract.pooling, contract.normalize)
+
+
+def _hidden_size_of(model_dir: Path) -> int:
+    cfg = model_dir / "config.json"
+    return int(read_json(cfg).get("hidden_size", 0)) if cfg.is_file() else 0
 
 
 def _max_length(model_dir: Path, config: dict[str, Any], arch: Architecture) -> tuple[int, list[str]]:
@@ -290,29 +401,56 @@ def _max_length(model_dir: Path, config: dict[str, Any], arch: Architecture) -> 
     return value, notes
 
 
-def recipe_for(model_dir: Path, config: dict[str, Any]) -> "Recipe | LMRecipe":
-    """The recipe for a checkpoint: `Recipe` for sentence encoders, `LMRecipe` for decoders."""
-    arch = architecture_for(config)
+def family_of(model_dir: Path, config: dict[str, Any], arch: Architecture) -> str:
+    """Which family a checkpoint is: a decoder with a sentence-transformers Pooling module is an
+    embedder (Qwen3-Embedding), an encoder with BGE-M3's heads a multi-vector encoder."""
     if arch.is_decoder:
+        has_pooling = (model_dir / "modules.json").is_file() and read_pooling(model_dir) is not None
+        return DECODER_EMBEDDER if has_pooling and arch.embedder is not None else CAUSAL_LM
+    if arch.family == SENTENCE_ENCODER and read_heads(model_dir, int(config["hidden_size"])) is not None:
+        return MULTI_VECTOR
+    return arch.family
+
+
+def recipe_for(model_dir: Path, config: dict[str, Any], truncate_dim: int | None = None) -> "Recipe | LMRecipe":
+    """The recipe for a checkpoint: `Recipe` for embedders, `LMRecipe` for decoder LLMs."""
+    arch = architecture_for(config)
+    family = family_of(model_dir, config, arch)
+    if family == CAUSAL_LM:
+        if truncate_dim is not None:
+            raise ModelportError("--truncate-dim applies to embedding models; this checkpoint is a text generator")
         return lm_recipe_for(model_dir, config, arch)
-    pooled = read_pooling(model_dir)
+    hidden = int(config["hidden_size"])
+    contract = read_contract(model_dir, hidden)
     notes: list[str] = []
-    if pooled is None:
-        pooling, normalize, source = arch.default_pooling, True, "architecture-default"
-        notes.append(f"no sentence-transformers pooling config: using {pooling} pooling + L2 normalize")
-    else:
-        (pooling, normalize), source = pooled, "sentence-transformers"
+    if contract is None:
+        if arch.is_decoder:
+            raise ModelportError(f"{model_dir}: no sentence-transformers Pooling module: a {arch.model_type} "
+                                 f"checkpoint without one is converted as a text generator")
+        contract = EmbeddingContract(arch.default_pooling, True, padding_side=padding_side(model_dir),
+                                     source="architecture-default")
+        notes.append(f"no sentence-transformers pooling config: using {arch.default_pooling} pooling + L2 normalize")
+    contract = with_truncate_dim(contract, truncate_dim, hidden)
+    if contract.truncate_dim:
+        notes.append(f"Matryoshka truncation to {contract.truncate_dim} dims"
+                     + (", re-normalized" if contract.normalize else ""))
+    if contract.pooling == "last_token" and contract.padding_side != "left":
+        notes.append("last-token pooling with right padding: the graph reads the last real token from the mask")
+    heads = read_heads(model_dir, hidden) if family == MULTI_VECTOR else None
     max_length, more = _max_length(model_dir, config, arch)
     group, group_notes = _quant_group_size(config, arch)
     return Recipe(
         architecture=arch,
-        pooling=pooling,
-        normalize=normalize,
+        pooling=contract.pooling,
+        normalize=contract.normalize,
         max_length=max_length,
-        hidden_size=int(config["hidden_size"]),
-        pooling_source=source,
+        hidden_size=hidden,
+        pooling_source=contract.source,
         notes=tuple(notes + more + group_notes),
         quant_group_size=group,
+        contract=contract,
+        heads=heads,
+        family=family,
     )
 
 
@@ -361,6 +499,14 @@ class LMRecipe:
     @property
     def family(self) -> str:
         return self.architecture.family
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self.architecture.targets
+
+    @property
+    def quirks(self) -> tuple[Quirk, ...]:
+        return self.architecture.quirks
 
     def to_json(self) -> dict[str, Any]:
         return {

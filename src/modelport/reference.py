@@ -19,7 +19,10 @@ from .fsutil import read_json, write_json
 
 GOLDEN_NPZ = "reference/golden.npz"
 GOLDEN_JSON = "reference/golden.json"
-OUTPUTS = ("last_hidden_state", "sentence_embedding")
+OUTPUTS = ("last_hidden_state", "sentence_embedding")  # every embedder; BGE-M3 adds recipe.outputs' extra two
+# Query embeddings computed without the query prompt: how far a client that forgets the prompt lands
+# (families.encoder reports it, so a prompt check that could not fail is visible).
+NO_PROMPT = "no-prompt/sentence_embedding"
 
 
 @dataclass
@@ -53,51 +56,83 @@ class Golden:
         return cls(meta=read_json(root / GOLDEN_JSON), arrays=arrays)
 
 
+def prompted_texts(tokenizer, recipe) -> tuple[list[str], list[str]]:
+    """The validation texts as sentence-transformers encodes them: the query prompt before each query,
+    the document prompt before every other text (prompt + text, string concatenation), each then
+    fitted within the max length. Returns (texts, the prompt name applied to each)."""
+    head = recipe.head
+    kinds = ["query" if i in validation_set.QUERY_IDS else "document" for i in range(len(validation_set.TEXTS))]
+    prompts = {"query": head.query_prompt, "document": head.document_prompt}
+    fitted = [validation_set.fit(prompts[k] + t, tokenizer, recipe.max_length)
+              for k, t in zip(kinds, validation_set.TEXTS)]
+    return fitted, kinds
+
+
+def _feeds(tokenizer, recipe, texts: list[str]) -> dict[str, np.ndarray]:
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=recipe.max_length, return_tensors="np")
+    feeds = {}
+    for name in recipe.inputs:
+        if name in enc:
+            feeds[name] = enc[name].astype(np.int64)
+        elif name == "token_type_ids":
+            feeds[name] = np.zeros_like(enc["input_ids"], dtype=np.int64)
+        else:
+            raise KeyError(f"tokenizer did not produce {name}")
+    return feeds
+
+
 def compute(source, recipe, progress=None) -> Golden:
-    """Run the fp32 PyTorch encoder on every validation case."""
+    """Run the fp32 PyTorch embedder (trunk + the whole sentence-transformers head) on every case."""
     import torch
     import transformers
 
     from .torch_model import load_hf_model, load_tokenizer, make_encoder
 
     tokenizer = load_tokenizer(source)
-    encoder = make_encoder(load_hf_model(source), recipe)
+    tokenizer.padding_side = recipe.head.padding_side  # what the checkpoint's tokenizer config says
+    encoder = make_encoder(load_hf_model(source), recipe, source.path)
+    outputs = recipe.outputs
     arrays: dict[str, np.ndarray] = {}
     cases = []
-    all_texts = validation_set.texts(tokenizer, recipe.max_length)  # within what every client tokenizes alike
+    all_texts, kinds = prompted_texts(tokenizer, recipe)  # within what every client tokenizes alike
     for case in validation_set.cases():
-        texts = [all_texts[i] for i in case.text_ids]
-        enc = tokenizer(
-            texts, padding=True, truncation=True, max_length=recipe.max_length, return_tensors="np"
-        )
-        feeds = {}
-        for name in recipe.inputs:
-            if name in enc:
-                feeds[name] = enc[name].astype(np.int64)
-            elif name == "token_type_ids":
-                feeds[name] = np.zeros_like(enc["input_ids"], dtype=np.int64)
-            else:
-                raise KeyError(f"tokenizer did not produce {name}")
+        feeds = _feeds(tokenizer, recipe, [all_texts[i] for i in case.text_ids])
         with torch.no_grad():
             outs = encoder(*[torch.from_numpy(feeds[n]) for n in recipe.inputs])
         for name, value in feeds.items():
             arrays[f"{case.name}/{name}"] = value
-        for name, value in zip(OUTPUTS, outs):
+        for name, value in zip(outputs, outs):
             arrays[f"{case.name}/{name}"] = value.numpy().astype(np.float32)
         cases.append({"name": case.name, "text_ids": list(case.text_ids), "batched": case.batched,
-                      "lengths": enc["attention_mask"].sum(1).astype(int).tolist()})
+                      "lengths": feeds["attention_mask"].sum(1).astype(int).tolist()})
         if progress:
             progress()
+    head = recipe.head
+    if head.query_prompt:
+        bare = [validation_set.fit(validation_set.TEXTS[i], tokenizer, recipe.max_length)
+                for i in validation_set.QUERY_IDS]
+        rows = []
+        for text in bare:  # one at a time: no padding involved
+            feeds = _feeds(tokenizer, recipe, [text])
+            with torch.no_grad():
+                rows.append(encoder(*[torch.from_numpy(feeds[n]) for n in recipe.inputs])[1].numpy()[0])
+        arrays[NO_PROMPT] = np.stack(rows).astype(np.float32)
     meta = {
         "validation_set": validation_set.VERSION,
         "texts": list(all_texts),
+        "prompt_names": kinds,
+        "prompts": {"query": head.query_prompt, "document": head.document_prompt},
         "corpus_ids": list(validation_set.CORPUS_IDS),
         "query_ids": list(validation_set.QUERY_IDS),
         "inputs": list(recipe.inputs),
-        "outputs": list(OUTPUTS),
+        "outputs": list(outputs),
         "max_length": recipe.max_length,
         "pooling": recipe.pooling,
         "normalize": recipe.normalize,
+        "dense": [d.to_json() for d in head.dense],
+        "truncate_dim": head.truncate_dim,
+        "padding_side": head.padding_side,
+        "embedding_dim": recipe.embedding_dim,
         "runtime": {"torch": torch.__version__, "transformers": transformers.__version__,
                     "attn_implementation": "eager", "dtype": "float32"},
         "cases": cases,
@@ -136,12 +171,12 @@ def outputs_with_weights(source, recipe, golden: Golden, replace: dict[str, np.n
             raise ValueError(f"{name}: dequantized shape {value.shape} != checkpoint {tuple(state[name].shape)}")
         state[name] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
     model.load_state_dict(state)
-    encoder = make_encoder(model, recipe)
+    encoder = make_encoder(model, recipe, source.path)
     arrays: dict[str, np.ndarray] = {}
     for case in golden.cases:
         feeds = golden.inputs(case["name"])
         with torch.no_grad():
             outs = encoder(*[torch.from_numpy(feeds[n]) for n in golden.meta["inputs"]])
-        for name, value in zip(OUTPUTS, outs):
+        for name, value in zip(golden.meta.get("outputs", OUTPUTS), outs):
             arrays[f"{case['name']}/{name}"] = value.numpy().astype(np.float32)
     return arrays

@@ -9,6 +9,11 @@ Decoder LLMs (tiny-llama, tiny-qwen2, tiny-qwen3, tiny-smollm3, tiny-phi3) share
 tokenizer trained here and are briefly trained so their logits are peaked (single-threaded, so the
 same machine rebuilds the same bytes; float training is not promised bit-identical across CPUs).
 `llama-3.2-1b-shape` is an untrained model with Llama-3.2-1B's shape, for scale runs.
+
+Embedders shaped like hub models (tiny-qwen3-embedding, tiny-embeddinggemma, tiny-bge-m3, and their
+untrained full-shape siblings *-shape) are random and untrained: what they copy from Qwen3-Embedding,
+EmbeddingGemma and BGE-M3 is the architecture, the config.json spelling, the tokenizer conventions and
+the sentence-transformers files (see the section comment below). Their own EMB_BUILDER_VERSION.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ SEED = 20261122
 BUILDER_VERSION = "2"
 # Decoder builders have their own version: bumping it rebuilds only the decoders.
 LM_BUILDER_VERSION = "3"
+# The embedders shaped like hub models (issue 15) too: bumping it rebuilds only those.
+EMB_BUILDER_VERSION = "2"  # 2: Qwen's pre-tokenizer in the tiny Qwen3-Embedding tokenizer.json
 
 # Training text for the tiny Unigram tokenizer: the validation texts plus a little more, so the
 # vocabulary covers every script the validation set uses.
@@ -112,11 +119,11 @@ def _unigram_vocab(specials: list[str]) -> list[tuple[str, float]]:
     return vocab
 
 
-def _build_xlm_roberta(out: Path) -> None:
-    """Two-layer XLM-RoBERTa with BGE-M3's conventions: CLS pooling, <s>/</s>, pad id 1, offset positions."""
-    import torch
+def _xlmr_tokenizer(model_max_length: int):
+    """BGE-M3's tokenizer conventions on a tiny Unigram vocabulary: <s>/</s> around the text, pad id 1,
+    <unk> 3, <mask> last, ▁ word boundaries (XLM-R's SentencePiece)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizerFast
+    from transformers import XLMRobertaTokenizerFast
 
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
     tk = Tokenizer(models.Unigram(_unigram_vocab(specials), unk_id=specials.index("<unk>"), byte_fallback=False))
@@ -128,7 +135,7 @@ def _build_xlm_roberta(out: Path) -> None:
     tk.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
     )
-    tok = XLMRobertaTokenizerFast(
+    return XLMRobertaTokenizerFast(
         tokenizer_object=tk,
         bos_token="<s>",
         eos_token="</s>",
@@ -137,21 +144,32 @@ def _build_xlm_roberta(out: Path) -> None:
         unk_token="<unk>",
         pad_token="<pad>",
         mask_token="<mask>",
-        model_max_length=512,
+        model_max_length=model_max_length,
     )
-    tok.save_pretrained(out)
-    cfg = XLMRobertaConfig(
-        vocab_size=tk.get_vocab_size(),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=256,
-        max_position_embeddings=514,
+
+
+def _xlmr_config(tok, **dims):
+    from transformers import XLMRobertaConfig
+
+    return XLMRobertaConfig(
+        vocab_size=dims.pop("vocab_size", None) or len(tok),
+        **dims,
         type_vocab_size=1,
-        pad_token_id=tk.token_to_id("<pad>"),
-        bos_token_id=bos,
-        eos_token_id=eos,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
     )
+
+
+def _build_xlm_roberta(out: Path) -> None:
+    """Two-layer XLM-RoBERTa with BGE-M3's conventions: CLS pooling, <s>/</s>, pad id 1, offset positions."""
+    import torch
+    from transformers import XLMRobertaModel
+
+    tok = _xlmr_tokenizer(512)
+    tok.save_pretrained(out)
+    cfg = _xlmr_config(tok, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+                       max_position_embeddings=514)
     torch.manual_seed(SEED)
     XLMRobertaModel(cfg, add_pooling_layer=False).eval().save_pretrained(out)
     _sentence_transformers_files(out, "cls", 512, cfg.hidden_size)
@@ -356,16 +374,281 @@ LM_BUILDERS: dict[str, Callable[[Path], None]] = {
     "llama-3.2-1b-shape": _build_llama_1b_shape,
 }
 
+# --- embedding models shaped like the real ones (issue 15) ----------------------------------------------
+# Random, untrained models with the architecture, config spelling, tokenizer conventions and
+# sentence-transformers files of three hub embedders, so converters meet the real quirks offline:
+#   Qwen/Qwen3-Embedding-0.6B   decoder trunk, last-token pooling, left padding, <|endoftext|> appended,
+#                               flat weight names (no "model." prefix) under architectures=Qwen3ForCausalLM
+#   google/embeddinggemma-300m  bidirectional Gemma 3 (5 sliding : 1 full), mean pooling, two Dense layers
+#   BAAI/bge-m3                 XLM-R large, CLS pooling, 8192 tokens, sparse_linear.pt / colbert_linear.pt
+# config.json is written in the hub's spelling (transformers 4: top-level rope_theta, rope_scaling: null;
+# no transformers-5 rope_parameters), which transformers 5 reads back to the same rope_parameters.
+# Each tiny build has a full-shape sibling (`*-shape`, untrained, tiny tokenizer, for scale runs).
+
+QWEN3_EMBEDDING_PROMPTS = {
+    "query": "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:",
+    "document": "",
+}
+EMBEDDINGGEMMA_PROMPTS = {
+    "query": "task: search result | query: ",
+    "document": "title: none | text: ",
+    "BitextMining": "task: search result | query: ",
+    "Clustering": "task: clustering | query: ",
+    "Classification": "task: classification | query: ",
+    "InstructionRetrieval": "task: code retrieval | query: ",
+    "MultilabelClassification": "task: classification | query: ",
+    "PairClassification": "task: sentence similarity | query: ",
+    "Reranking": "task: search result | query: ",
+    "Retrieval": "task: search result | query: ",
+    "Retrieval-query": "task: search result | query: ",
+    "Retrieval-document": "title: none | text: ",
+    "STS": "task: sentence similarity | query: ",
+    "Summarization": "task: summarization | query: ",
+}
+# sentence-transformers module type names, as the hub repos spell them in modules.json
+_ST = "sentence_transformers.models."
+# EmbeddingGemma's Dense layers: no bias, no activation (sentence-transformers writes the class path)
+_IDENTITY = "torch.nn.modules.linear.Identity"
+
+
+def _st_embedder_files(out: Path, *, pooling: str, dim: int, max_seq_length: int, prompts: dict[str, str],
+                       dense: tuple[tuple[int, int], ...] = (), dense_seed: int = 0) -> None:
+    """sentence-transformers files as the hub embedders ship them: Transformer, Pooling, Dense..., Normalize.
+
+    A Dense layer is `<i>_Dense/config.json` (the hub's four keys) plus `<i>_Dense/model.safetensors`
+    holding one tensor, "linear.weight" [out, in], no metadata: byte for byte what sentence-transformers
+    6.2's Dense.save writes (safetensors.torch.save_model of the module; bias=False leaves `linear.weight`
+    its only parameter). Its config.json would add module_input_name/module_output_name, which the hub
+    files (older sentence-transformers) lack and 6.2 defaults. Weights are N(0, 1/in) from a generator
+    seeded with `dense_seed`, so each layer keeps the per-element scale of its input (O(1)).
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    modules = [{"idx": 0, "name": "0", "path": "", "type": _ST + "Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": _ST + "Pooling"}]
+    write_json(out / "1_Pooling" / "config.json", {
+        "word_embedding_dimension": dim,
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": pooling == "lasttoken",
+        "include_prompt": True,
+    })
+    gen = torch.Generator().manual_seed(dense_seed)
+    for in_f, out_f in dense:
+        idx = len(modules)
+        path = f"{idx}_Dense"
+        modules.append({"idx": idx, "name": str(idx), "path": path, "type": _ST + "Dense"})
+        write_json(out / path / "config.json",
+                   {"in_features": in_f, "out_features": out_f, "bias": False, "activation_function": _IDENTITY})
+        weight = torch.randn(out_f, in_f, generator=gen, dtype=torch.float32) / in_f ** 0.5
+        save_file({"linear.weight": weight.contiguous()}, str(out / path / "model.safetensors"))
+    idx = len(modules)
+    modules.append({"idx": idx, "name": str(idx), "path": f"{idx}_Normalize", "type": _ST + "Normalize"})
+    (out / f"{idx}_Normalize").mkdir(exist_ok=True)
+    write_json(out / "modules.json", modules)
+    write_json(out / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
+    write_json(out / "config_sentence_transformers.json", {
+        "model_type": "SentenceTransformer",
+        "prompts": prompts,
+        "default_prompt_name": None,
+        "similarity_fn_name": "cosine",
+    })
+
+
+def _hub_config_spelling(out: Path, **top_level) -> None:
+    """Rewrite config.json as the hub checkpoints spell it (transformers 4): `rope_parameters` (a
+    transformers-5 key) replaced by the given top-level keys; the rest as transformers 5 wrote it."""
+    import json
+
+    path = out / "config.json"
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    cfg.pop("rope_parameters", None)
+    cfg.update(top_level)
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+QWEN_PRETOKENIZE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                    r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _qwen3_embedding_tokenizer(model_max_length: int):
+    """The tiny byte-level BPE as Qwen3-Embedding configures its tokenizer: pad <|endoftext|> on the
+    left, and a post-processor that appends <|endoftext|> to every sequence (last-token pooling reads
+    the hidden state of that appended token)."""
+    from tokenizers import Regex, pre_tokenizers, processors
+    from transformers import Qwen2Tokenizer
+
+    tk = _lm_tokenizer().backend_tokenizer
+    # Qwen's own pre-tokenizer (digits one by one), written into tokenizer.json: transformers'
+    # Qwen2Tokenizer installs it when it loads, whatever the file says, while transformers.js runs the
+    # file as written; with GPT-2's regex left in the file, " 12345" tokenized differently in the two
+    # (found by the client check: token ids of text 42). Real Qwen3-Embedding files carry this one.
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    eot = tk.token_to_id("<|endoftext|>")
+    tk.post_processor = processors.TemplateProcessing(
+        single="$A:0 <|endoftext|>:0", pair="$A:0 <|endoftext|>:0 $B:1 <|endoftext|>:1",
+        special_tokens=[("<|endoftext|>", eot)])
+    return Qwen2Tokenizer(tokenizer_object=tk, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                          unk_token=None, model_max_length=model_max_length, padding_side="left")
+
+
+def _qwen3_embedding_builder(max_seq_length: int, **dims) -> Callable[[Path], None]:
+    """Qwen3-Embedding: the Qwen3 trunk (Qwen3Model, no lm_head) saved under flat names, config.json
+    saying architectures=["Qwen3ForCausalLM"] as the hub's does (AutoModel picks Qwen3Model from
+    model_type and reads the flat names as they are)."""
+
+    def build(out: Path) -> None:
+        import torch
+        from transformers import Qwen3Config, Qwen3Model
+
+        tok = _qwen3_embedding_tokenizer(max_seq_length)
+        cfg = Qwen3Config(
+            **{"vocab_size": len(tok), **dims}, rms_norm_eps=1e-6, tie_word_embeddings=True,
+            bos_token_id=tok.pad_token_id, eos_token_id=tok.pad_token_id,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
+        torch.manual_seed(SEED)
+        Qwen3Model(cfg).eval().save_pretrained(out)
+        tok.save_pretrained(out)
+        _hub_config_spelling(out, architectures=["Qwen3ForCausalLM"], rope_theta=1000000, rope_scaling=None)
+        _st_embedder_files(out, pooling="lasttoken", dim=cfg.hidden_size, max_seq_length=max_seq_length,
+                           prompts=QWEN3_EMBEDDING_PROMPTS)
+
+    return build
+
+
+def _gemma_embedding_tokenizer(model_max_length: int):
+    """A SentencePiece-style Unigram with Gemma's specials (<pad> 0, <eos> 1, <bos> 2, <unk> 3), no
+    dummy prefix (Gemma's add_dummy_prefix=false: the first word has no ▁), and EmbeddingGemma's
+    post-processor: <bos> text <eos>. Padding right.
+
+    Saved through the generic tokenizers class: transformers' GemmaTokenizer rebuilds the pipeline
+    (BPE-style byte pieces, left padding, an extra <mask>) when constructed, so it cannot carry this one."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    tk = Tokenizer(models.Unigram(_unigram_vocab(specials), unk_id=specials.index("<unk>"), byte_fallback=False))
+    tk.normalizer = normalizers.NFKC()
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
+    tk.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
+    tk.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", pair="<bos> $A <eos> $B <eos>",
+        special_tokens=[("<bos>", specials.index("<bos>")), ("<eos>", specials.index("<eos>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>", model_max_length=model_max_length, padding_side="right")
+
+
+def _embeddinggemma_builder(*, sliding_window: int, dense_dim: int, **dims) -> Callable[[Path], None]:
+    """EmbeddingGemma: Gemma3TextModel with use_bidirectional_attention, layers in the 5 sliding : 1 full
+    pattern, mean pooling, Dense hidden -> dense_dim -> hidden, Normalize.
+
+    `sliding_window` is the value config.json holds (the hub's 512). With use_bidirectional_attention,
+    Gemma3TextConfig turns it into sliding_window // 2 + 1 in memory (transformers 5.23 writes the
+    original back on save, so it round-trips), and a sliding layer lets a token see the tokens less than
+    that far away on either side: |i - j| <= sliding_window // 2, i.e. 256 each way for 512, 4 for 8.
+    """
+
+    def build(out: Path) -> None:
+        import torch
+        from transformers import Gemma3TextConfig, Gemma3TextModel
+
+        tok = _gemma_embedding_tokenizer(dims["max_position_embeddings"])
+        n = dims["num_hidden_layers"]
+        cfg = Gemma3TextConfig(
+            **{"vocab_size": len(tok), **dims}, sliding_window=sliding_window, use_bidirectional_attention=True,
+            layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n)],
+            query_pre_attn_scalar=dims["head_dim"], hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6,
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+            attn_logit_softcapping=None, final_logit_softcapping=None,
+            rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})
+        torch.manual_seed(SEED)
+        Gemma3TextModel(cfg).eval().save_pretrained(out)
+        tok.save_pretrained(out)
+        _hub_config_spelling(out, rope_theta=1000000.0, rope_local_base_freq=10000.0, rope_scaling=None)
+        h = cfg.hidden_size
+        _st_embedder_files(out, pooling="mean", dim=h, max_seq_length=dims["max_position_embeddings"],
+                           prompts=EMBEDDINGGEMMA_PROMPTS, dense=((h, dense_dim), (dense_dim, h)),
+                           dense_seed=SEED + 2)
+
+    return build
+
+
+def _bge_m3_builder(**dims) -> Callable[[Path], None]:
+    """BGE-M3: XLM-RoBERTa (pooler included, as the hub checkpoint has it), CLS pooling + Normalize,
+    8192 tokens, and the sparse and ColBERT heads as BAAI ships them: torch.save of nn.Linear state
+    dicts, `sparse_linear.pt` (hidden -> 1) and `colbert_linear.pt` (hidden -> hidden).
+
+    The trunk is seeded with SEED + 1, not SEED: tiny-xlm-roberta (SEED) has the same vocabulary and
+    width, so with one seed their word embeddings would be the same tensor and a mix-up of the two
+    models could pass a weight check. The heads come from SEED + 2."""
+
+    def build(out: Path) -> None:
+        import torch
+        from transformers import XLMRobertaModel
+
+        max_len = dims["max_position_embeddings"] - 2  # XLM-R positions start after the padding index
+        tok = _xlmr_tokenizer(max_len)
+        tok.save_pretrained(out)
+        cfg = _xlmr_config(tok, **dims, layer_norm_eps=1e-5)
+        torch.manual_seed(SEED + 1)
+        XLMRobertaModel(cfg, add_pooling_layer=True).eval().save_pretrained(out)
+        torch.manual_seed(SEED + 2)
+        h = cfg.hidden_size
+        torch.save(torch.nn.Linear(h, 1).state_dict(), out / "sparse_linear.pt")
+        torch.save(torch.nn.Linear(h, h).state_dict(), out / "colbert_linear.pt")
+        _st_embedder_files(out, pooling="cls", dim=h, max_seq_length=max_len, prompts={})
+
+    return build
+
+
+# Qwen3-Embedding-0.6B: hidden 1024, 28 layers, 16/8 heads, head_dim 128, 32768 positions
+QWEN3_EMBEDDING_TINY = dict(hidden_size=128, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                            head_dim=32, intermediate_size=256, max_position_embeddings=2048)
+# EmbeddingGemma-300m: hidden 768 = 3 heads x head_dim 256, 1 KV head. The tiny keeps heads x head_dim = hidden
+# (3 x 32 = 96; Gemma3TextConfig refuses a hidden size that is not a multiple of the head count, so not 64) and
+# a window of 8 (4 tokens each way), shorter than every validation text, so the sliding layers matter.
+EMBEDDINGGEMMA_TINY = dict(hidden_size=96, num_hidden_layers=6, num_attention_heads=3, num_key_value_heads=1,
+                           head_dim=32, intermediate_size=128, max_position_embeddings=2048)
+# BGE-M3 (XLM-RoBERTa large): hidden 1024, 24 layers, 16 heads, 8194 positions
+BGE_M3_TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+                   max_position_embeddings=8194)
+
+EMB_BUILDERS: dict[str, Callable[[Path], None]] = {
+    "tiny-qwen3-embedding": _qwen3_embedding_builder(512, **QWEN3_EMBEDDING_TINY),
+    "tiny-embeddinggemma": _embeddinggemma_builder(sliding_window=8, dense_dim=4 * 96, **EMBEDDINGGEMMA_TINY),
+    "tiny-bge-m3": _bge_m3_builder(**BGE_M3_TINY),
+    # full shapes, untrained, tiny tokenizers (their ids are a subset of every vocabulary here): scale runs
+    "qwen3-embedding-0.6b-shape": _qwen3_embedding_builder(
+        32768, vocab_size=151669, hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
+        num_key_value_heads=8, head_dim=128, intermediate_size=3072, max_position_embeddings=32768),
+    "embeddinggemma-300m-shape": _embeddinggemma_builder(
+        sliding_window=512, dense_dim=3072, vocab_size=262144, hidden_size=768, num_hidden_layers=24,
+        num_attention_heads=3, num_key_value_heads=1, head_dim=256, intermediate_size=1152,
+        max_position_embeddings=2048),
+    "bge-m3-shape": _bge_m3_builder(vocab_size=250002, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                    intermediate_size=4096, max_position_embeddings=8194),
+}
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-bert-arctic": _build_bert_arctic,
     "tiny-xlm-roberta": _build_xlm_roberta,
     **LM_BUILDERS,
+    **EMB_BUILDERS,
 }
 
 
 def materialize(name: str) -> Path:
     """Return the cached model directory, building it (atomically) on first use."""
-    version = LM_BUILDER_VERSION if name in LM_BUILDERS else BUILDER_VERSION
+    version = (LM_BUILDER_VERSION if name in LM_BUILDERS else EMB_BUILDER_VERSION if name in EMB_BUILDERS
+               else BUILDER_VERSION)
     target = cache_root() / "models" / f"{name}-v{version}"
     if (target / "config.json").is_file():
         return target

@@ -125,8 +125,8 @@ def validate(root: Path, variants: list[str] | None = None, progress: Callable[[
                                      gate))
     runtime = ", ".join(f"{k} {v}" for k, v in converter.runtime_versions().items())
     unchecked = sorted({r.extra["weights"]["note"] for r in results if "note" in r.extra.get("weights", {})})
-    return Report(target=info.name, runtime=runtime, results=results, notes=session.notes() + unchecked,
-                  family=family.name)
+    return Report(target=info.name, runtime=runtime, results=results,
+                  notes=family.golden_notes(golden) + session.notes() + unchecked, family=family.name)
 
 
 def record(root: Path, report: Report) -> None:

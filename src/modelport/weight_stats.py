@@ -33,7 +33,7 @@ import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -118,11 +118,22 @@ def stats_of(values: np.ndarray, dtype: str | None = None, digest: Any = None) -
     return Stats(lo, hi, total / max(flat.size, 1), int(flat.size))
 
 
-def source_stats(weight_files: Iterable[Path]) -> dict[str, Any]:
+def source_stats(weight_files: Iterable[Path], extra: dict[str, tuple[str, np.ndarray]] | None = None,
+                 forms: Callable[[str, np.ndarray], dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
     """The manifest's `source.tensor_stats`: per tensor of every safetensors weight file, its shape,
-    dtype, sha256 of the raw bytes and (float tensors) min / max / mean |w|."""
+    dtype, sha256 of the raw bytes and (float tensors) min / max / mean |w|. `extra`: tensors that
+    live outside the weight files (name -> (file, float32 array)): an embedder's Dense layers and
+    BGE-M3's heads, named as the exported head names them (`embedding.head_tensors`). `forms`: other
+    forms a converter may store a tensor in (recipes.Quirk.stored_forms: Gemma's folded 1 + w), recorded
+    under their own names with statistics only."""
     tensors: dict[str, Any] = {}
     skipped: list[str] = []
+    for name, (file, values) in (extra or {}).items():
+        digest = hashlib.sha256()
+        entry = {"file": file, "dtype": "F32", "shape": list(values.shape),
+                 **stats_of(values.astype(np.float32), "F32", digest).to_json()}
+        entry["sha256"] = digest.hexdigest()
+        tensors[name] = entry
     for path in weight_files:
         path = Path(path)
         if path.suffix != ".safetensors":
@@ -133,6 +144,9 @@ def source_stats(weight_files: Iterable[Path]) -> dict[str, Any]:
             entry: dict[str, Any] = {"file": path.name, "dtype": dtype, "shape": list(shape)}
             if dtype in FLOAT_DTYPES:
                 entry.update(stats_of(values, dtype, digest).to_json())
+                for form, derived in (forms(name, as_float(dtype, values)) if forms else {}).items():
+                    tensors[form] = {"file": path.name, "dtype": "F32", "shape": list(shape),
+                                     **stats_of(derived.astype(np.float32), "F32").to_json()}
             else:
                 digest.update(np.ascontiguousarray(values).tobytes())
             entry["sha256"] = digest.hexdigest()
@@ -229,6 +243,11 @@ def check(tensors: Iterable[tuple[str, np.ndarray, int | None]], recorded: dict[
         same = _by_name(name, named)
         if same is not None and same.stats.numel == a.numel:
             candidates = [same]
+        elif values.size < 2:
+            # one-element tensors are matched by name only: graphs hold scalar constants (epsilons,
+            # scales) that a shape match would compare with every one-element weight (BGE-M3's
+            # sparse bias)
+            candidates = []
         else:
             candidates = by_dims.get(_dims(values.shape), [])
         if not candidates:

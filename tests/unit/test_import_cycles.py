@@ -107,7 +107,10 @@ def test_registry_loads_without_any_toolchain() -> None:
             "print(len(REGISTRY.pairs()))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert int(out.stdout.strip()) == 7
+    from modelport.targets import REGISTRY
+
+    # every pair registers without a toolchain (none is skipped for a missing import)
+    assert int(out.stdout.strip()) == len(REGISTRY.pairs()) >= 7
 
 
 def test_no_module_attribute_probing_of_targets() -> None:

@@ -19,6 +19,7 @@ from modelport.metrics import Metrics
 from modelport.thresholds import LM_THRESHOLDS, THRESHOLDS
 
 ENCODER, DECODER = "sentence-encoder", "causal-lm"
+EMBEDDER, MULTI = "decoder-embedder", "multi-vector-encoder"
 REPO = "someone/tiny-model"
 
 # (family, target) -> {variant: (file, precision)}: two variants each, the first full precision.
@@ -31,6 +32,10 @@ PAIRS: dict[tuple[str, str], dict[str, tuple[str, str]]] = {
     (DECODER, "onnx"): {"fp32": ("onnx/model.onnx", "fp32"), "q4": ("onnx/model_q4.onnx", "q4")},
     (DECODER, "coreml"): {"fp32": ("fp32/model.mlpackage", "fp32"), "w4": ("w4/model.mlpackage", "w4")},
     (DECODER, "mlx"): {"f32": ("f32/model.safetensors", "fp32"), "q4": ("q4/model.safetensors", "w4")},
+    **{(family, target): variants for family in (EMBEDDER, MULTI) for target, variants in (
+        ("onnx", {"fp32": ("onnx/model.onnx", "fp32"), "q8": ("onnx/model_quantized.onnx", "q8")}),
+        ("coreml", {"fp32": ("fp32/model.mlpackage", "fp32"), "w8": ("w8/model.mlpackage", "w8")}),
+        ("mlx", {"f32": ("f32/model.safetensors", "fp32"), "q4": ("q4/model.safetensors", "w4")}))},
 }
 LIBRARY = {"onnx": "transformers.js", "coreml": "coreml", "mlx": "mlx", "mlc": "mlc-llm"}
 
@@ -45,6 +50,30 @@ RECIPES = {
               "eos_token_id": [2, 7], "rope_theta": 1000000.0, "chat_template": True, "quant_group_size": 32,
               "quirks": ["rope-parameters"], "notes": []},
 }
+
+
+RECIPES[EMBEDDER] = {**RECIPES[ENCODER], "model_type": "gemma3_text", "family": EMBEDDER,
+                     "inputs": ["input_ids", "attention_mask"], "hidden_size": 96, "embedding_dim": 96,
+                     "dense": [{"path": "2_Dense", "in_features": 96, "out_features": 384, "bias": False,
+                                "activation": "identity"},
+                               {"path": "3_Dense", "in_features": 384, "out_features": 96, "bias": False,
+                                "activation": "identity"}],
+                     "prompts": {"query": "task: search result | query: ", "document": "title: none | text: "}}
+RECIPES[MULTI] = {**RECIPES[ENCODER], "model_type": "xlm-roberta", "family": MULTI, "pooling": "cls",
+                  "inputs": ["input_ids", "attention_mask"], "embedding_dim": 384,
+                  "outputs": ["last_hidden_state", "sentence_embedding", "sparse_weights", "colbert_vectors"],
+                  "prompts": {"query": "", "document": ""}}
+
+
+def multi_result(variant: str, precision: str, k: int) -> dict[str, Any]:
+    from modelport.families.multivector import MULTI_VECTOR_FAMILY, MultiVectorMetrics
+
+    r = encoder_result(variant, precision, k)
+    dense = Metrics(tokens_max_abs=2.5e-6 * k, pooled_max_abs=1.25e-6 * k, cos_min=1 - 3e-7 * k,
+                    cos_mean=1 - 1e-7 * k, top5_mean=1.0, top5_min=0.8)
+    r["metrics"] = MultiVectorMetrics(dense, 2e-6 * k, 3e-6 * k, 1.0, 1.0, 1e-3 * k, 4e-6 * k, 1.0).to_json()
+    r["thresholds"] = MULTI_VECTOR_FAMILY.gate_json(precision)
+    return r
 
 
 def encoder_result(variant: str, precision: str, k: int) -> dict[str, Any]:
@@ -73,7 +102,7 @@ def decoder_result(variant: str, precision: str, k: int) -> dict[str, Any]:
 
 def manifest(family: str, target: str) -> dict[str, Any]:
     variants = PAIRS[(family, target)]
-    result = encoder_result if family == ENCODER else decoder_result
+    result = {DECODER: decoder_result, MULTI: multi_result}.get(family, encoder_result)
     files = {}
     for i, (file, _) in enumerate(variants.values()):
         if file.endswith(".mlpackage"):
@@ -138,7 +167,7 @@ def test_card_front_matter_and_usage_come_from_the_family(family: str, target: s
     card = modelcard.render(man, REPO)
     meta = front_matter(card)
     assert meta["pipeline_tag"] == families.get(family).pipeline_tag
-    assert meta["pipeline_tag"] == {ENCODER: "feature-extraction", DECODER: "text-generation"}[family]
+    assert meta["pipeline_tag"] == ("text-generation" if family == DECODER else "feature-extraction")
     assert meta["library_name"] == LIBRARY[target]
     assert meta["tags"] == ["modelport", target, *PAIRS[(family, target)]]
     assert meta["base_model"] == "org/tiny-model" and meta["license"] == "apache-2.0"
@@ -157,6 +186,19 @@ def test_card_front_matter_and_usage_come_from_the_family(family: str, target: s
                     "tokenizer.apply_chat_template(", "generate(model, tokenizer, prompt=prompt"],
             "coreml": [first_file, "model.makeState()", "context 512 tokens", "eos: [2, 7]", '"causal_mask"'],
         }[target]
+    elif family in (EMBEDDER, MULTI):  # the graph finishes the embedding: read sentence_embedding, add the prompt
+        assert "pipeline(" not in usage and "pooling: " not in usage
+        outputs = "sentence_embedding, sparse_weights, colbert_vectors" if family == MULTI else "sentence_embedding"
+        query = '"task: search result | query: "' if family == EMBEDDER else '""'
+        expected = {
+            "onnx": [f'AutoModel.from_pretrained("{REPO}", {{ dtype: "{first_variant}"', f"const {{ {outputs} }}",
+                     f"const queries = [{query} + "],
+            "coreml": [first_file, 'featureValue(for: "sentence_embedding")', query],
+            "mlx": ["from modelport.targets.mlx.embedder import load_model", f"config_sentence_transformers.json: {query}",
+                    'model.encode(["What is the capital of France?"], prompt_name="query")'],
+        }[target]
+        if family == EMBEDDER:
+            expected.append("Dense 96->384, Dense 384->96, L2 normalize")
     else:
         assert "text-generation" not in usage and "makeState" not in usage and "mlx_lm" not in usage
         expected = {
@@ -176,10 +218,12 @@ def test_validation_table_has_the_family_columns_filled(family: str, target: str
     card = modelcard.render(man, REPO)
     head, rows = validation_table(card)
     figures = {ENCODER: ["tok max abs", "pooled max abs", "cos min", "cos mean", "top-5"],
+               EMBEDDER: ["tok max abs", "pooled max abs", "cos min", "cos mean", "top-5"],
+               MULTI: ["pooled max abs", "cos min", "sparse max abs", "terms min", "colbert max abs", "MaxSim max abs"],
                DECODER: ["prefill max abs", "step max abs", "KV vs full", "top-1 vs fp32", "KL vs fp32"]}[family]
     assert head[:4] == ["variant", "precision", "verdict", "size"] and head[-1] == "gate"
     assert set(figures) <= set(head)
-    assert {ENCODER: "prefill max abs", DECODER: "cos min"}[family] not in head  # not the other family's
+    assert ("cos min" if family == DECODER else "prefill max abs") not in head  # not the other family's
     val = man["validation"]["variants"]
     assert [r["variant"] for r in rows] == list(PAIRS[(family, target)]) == list(val)
     for row in rows:
@@ -190,8 +234,11 @@ def test_validation_table_has_the_family_columns_filled(family: str, target: str
             assert is_number(row[col]), f"{row['variant']} {col}: {row[col]!r} (a figure, not a dash)"
         assert row["gate"] not in ("", "–")
         m = result["metrics"]
-        if family == ENCODER:
+        if family in (ENCODER, EMBEDDER):
             assert row["tok max abs"] == f"{m['tokens_max_abs']:.1e}" and row["cos min"] == f"{m['cos_min']:.6f}"
+            continue
+        if family == MULTI:
+            assert row["sparse max abs"] == f"{m['sparse_max_abs']:.1e}" and row["cos min"] == f"{m['cos_min']:.6f}"
             continue
         gate = result["thresholds"]
         vs = result["extra"].get("vs_fp32", m)

@@ -24,7 +24,9 @@ def test_every_target_and_family_is_registered() -> None:
     assert set(TARGETS) == {"onnx", "coreml", "mlx", "mlc"}
     assert set(PAIRS) == {("onnx", "sentence-encoder"), ("onnx", "causal-lm"), ("coreml", "sentence-encoder"),
                           ("coreml", "causal-lm"), ("mlx", "sentence-encoder"), ("mlx", "causal-lm"),
-                          ("mlc", "sentence-encoder")}
+                          ("mlc", "sentence-encoder")} | {
+        (target, family) for target in ("onnx", "coreml", "mlx")
+        for family in ("decoder-embedder", "multi-vector-encoder")}
     for _, family in PAIRS:
         assert family in families.FAMILIES
 

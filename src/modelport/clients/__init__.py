@@ -32,13 +32,14 @@ from .harness import (
     CaseOutput,
     build_request,
     decode_cases,
+    decode_probes,
     missing_prerequisites,
     plan,
     run_program,
 )
 
-__all__ = ["CLIENTS", "JS_DIR", "VERDICT_TEXT", "check", "missing_prerequisites", "problem_lines", "quick_cases",
-           "record", "summary_table", "unsupported_lines"]
+__all__ = ["CLIENTS", "JS_DIR", "VERDICT_TEXT", "check", "missing_prerequisites", "probe_lines", "problem_lines",
+           "quick_cases", "record", "summary_table", "unsupported_lines"]
 
 # The file transformers.js loads for each `dtype` (its naming, not ours): a variant is only
 # meaningful to a client if it sits exactly there.
@@ -60,8 +61,17 @@ def quick_cases(golden: Golden) -> list[str]:
     Top-5 needs the whole corpus and is then not gated (the run's notes say so).
     """
     texts = golden.meta["texts"]
+    # a prompted golden's texts carry their prompt (reference.prompted_texts): match the text after it
+    # (fitting strips trailing whitespace: the empty text with a prompt is the prompt without its last space)
+    prompts, kinds = golden.meta.get("prompts") or {}, golden.meta.get("prompt_names") or []
+
+    def unprompted(i: int, text: str) -> str:
+        p = (prompts.get(kinds[i]) or "") if i < len(kinds) else ""
+        return text[len(p):] if text.startswith(p) else "" if p and text == p.rstrip() else text
+
+    bare = [unprompted(i, t) for i, t in enumerate(texts)]
     picks = {validation_set.EDGE[i] for i in (0, 6, 10)}
-    names = [c["name"] for c in golden.cases if not c["batched"] and texts[c["text_ids"][0]] in picks]
+    names = [c["name"] for c in golden.cases if not c["batched"] and bare[c["text_ids"][0]] in picks]
     batches = [c for c in golden.cases if c["batched"]]
     if batches:
         names.append(min(batches, key=lambda c: len(c["lengths"]) * max(c["lengths"]))["name"])
@@ -112,11 +122,30 @@ def judge_run(golden: Golden, man: dict[str, Any], variant: str, run: dict[str, 
         metrics, failures, notes = compare.golden_metrics(golden, outputs, parity, precision)
     except ValueError as e:
         return {**entry, "verdict": "fail", "failures": [str(e)]}
-    vs_ort = compare.vs_runner(outputs, ort.runner(variant))
-    if precision == "fp32" and vs_ort["pooled_max_abs"] > compare.FP32_VS_ORT:
-        failures.append(f"embedding max abs vs Python onnxruntime {vs_ort['pooled_max_abs']:.3g} > "
-                        f"{compare.FP32_VS_ORT:g} (same token ids)")
-    return {**entry, "verdict": "fail" if failures else "pass", "metrics": compare.metrics_json(metrics),
+    names = list(golden.meta.get("outputs") or ("last_hidden_state", "sentence_embedding"))
+    vs_ort = compare.vs_runner(outputs, ort.runner(variant), names)
+    if precision == "fp32":
+        failures += [f"{'embedding' if k == 'pooled_max_abs' else k[:-len('_max_abs')]} max abs vs Python onnxruntime "
+                     f"{v:.3g} > {compare.FP32_VS_ORT:g} (same token ids)"
+                     for k, v in vs_ort.items() if k != "tokens_max_abs" and v > compare.FP32_VS_ORT]
+    metrics_out = compare.metrics_json(metrics)
+    if run.get("mode") == "model":  # the graph's own outputs through AutoModel (harness.needs_model)
+        # the sparse / ColBERT gates the Python validator applied (its family's table, recorded per variant)
+        gates = ((man.get("validation") or {}).get("variants", {}).get(variant) or {}).get("thresholds")
+        extra, extra_failures, extra_notes = compare.extra_metrics(golden, outputs, parity, precision, gates)
+        if gates:
+            entry["thresholds"] = {**entry["thresholds"], **gates}
+        metrics_out.update(extra)
+        failures += extra_failures
+        notes += extra_notes
+        want = golden.meta.get("padding_side")
+        entry.update(mode="model", padding_side=run.get("padding_side"), model_class=run.get("model_class"),
+                     probes_s=run.get("probes_s"),
+                     would_have_failed=compare.probe_figures(golden, decode_probes(run), outputs, parity))
+        if want and run.get("padding_side") != want:
+            notes.append(f"the client's tokenizer pads {run.get('padding_side')}, the golden {want} (the graph pools "
+                         "either side; transformers.js' pipeline last_token pooling would not)")
+    return {**entry, "verdict": "fail" if failures else "pass", "metrics": metrics_out,
             "vs_python_ort": vs_ort, "failures": failures, "notes": notes}
 
 
@@ -239,6 +268,34 @@ def summary_table(results: dict[str, dict[str, Any]]) -> Any:
                           fmt(m.get("cos_min"), ".6f"), fmt(m.get("cos_mean"), ".6f"), fmt(m.get("top5_mean"), ".2f"),
                           fmt(ort, ".1e"), str(v["cases"]), f"{seconds:.1f}s" if seconds else "-")
     return table
+
+
+PROBE_TEXT = {
+    "pipeline_mean": "feature-extraction pipeline, pooling 'mean' + normalize (skips the graph's {what})",
+    "pipeline_last_token": "feature-extraction pipeline, pooling 'last_token' + normalize",
+    "bare_queries": "the model without the query prompt",
+}
+
+
+def probe_lines(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The "would have failed" figures of model-mode runs, one line per (client, variant, probe)."""
+    lines = []
+    for name, entry in results.items():
+        for variant, v in entry["variants"].items():
+            for probe, f in (v.get("would_have_failed") or {}).items():
+                if not f.get("rows"):
+                    continue
+                what = PROBE_TEXT.get(probe, probe).format(what="head")
+                if "dims" in f:
+                    lines.append(f"{name} {variant}: {what}: {f['dims'][0]}-dim vectors, not {f['dims'][1]}: fails")
+                    continue
+                verdict = "below the fp16 gate: such a client fails" if f["below_fp16_gate"] else \
+                    "meets the fp16 gate: this client gets the golden"
+                own = f" (vs this run's sentence_embedding: cos min {f['vs_graph_cos_min']:.6f})" \
+                    if "vs_graph_cos_min" in f else ""
+                lines.append(f"{name} {variant}: {what}: cos min {f['cos_min']:.4f} mean {f['cos_mean']:.4f} over "
+                             f"{f['rows']} rows vs the golden{own}, {verdict}")
+    return lines
 
 
 def problem_lines(results: dict[str, dict[str, Any]]) -> list[str]:

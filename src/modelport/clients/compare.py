@@ -19,8 +19,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..embedding import lexical_weights
+from ..multivector import GATED, LexicalTally, gate_failures, lexical_scale, maxsim_figures
 from ..metrics import CaseDiff, Metrics, cosine_rows, summarize, topk_agreement
-from ..reference import Golden, sentence_embeddings
+from ..reference import NO_PROMPT, Golden, sentence_embeddings
 from ..thresholds import THRESHOLDS, check
 from .harness import CaseOutput
 
@@ -29,7 +31,10 @@ from .harness import CaseOutput
 # runtime differs only by float summation order.
 FP32_VS_ORT = 1e-6
 
-Runner = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
+Runner = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, ...]]  # outputs in golden.meta["outputs"] order
+
+# BGE-M3's extra outputs, compared per real token (ColBERT has no vector for the first token).
+EXTRA_OUTPUTS = ("sparse_weights", "colbert_vectors")
 
 # Client tokenizer behaviours that are understood and explained (docs/validation.md, "Real clients"):
 # an input hitting one is left out of the numeric comparison and reported as a known difference, not
@@ -185,15 +190,153 @@ def ort_feeds(out: CaseOutput) -> dict[str, np.ndarray]:
     return {"input_ids": out.input_ids, "attention_mask": out.attention_mask, "token_type_ids": tt}
 
 
-def vs_runner(outputs: dict[str, CaseOutput], run: Runner) -> dict[str, float]:
-    """Max abs between the client and a Python runner fed the client's exact inputs, every row."""
+def _real_rows(value: np.ndarray, mask: np.ndarray, name: str) -> np.ndarray:
+    """One row's values on its real tokens: [seq(, dim)] -> [real(, dim)]; ColBERT vectors skip token 0."""
+    keep = mask.astype(bool)
+    return value[keep[1:]] if name == "colbert_vectors" else value[keep]
+
+
+def vs_runner(outputs: dict[str, CaseOutput], run: Runner, names: list[str] | None = None) -> dict[str, float]:
+    """Max abs between the client and a Python runner fed the client's exact inputs, every row (and, for
+    graphs with extra outputs, each of those on real tokens)."""
+    names = names or ["last_hidden_state", "sentence_embedding"]
     tok = pooled = 0.0
+    extra = {n: 0.0 for n in names[2:]}
     for out in outputs.values():
-        hidden, emb = run(ort_feeds(out))
+        got = run(ort_feeds(out))
+        hidden, emb = got[0], got[1]
         mask = out.attention_mask.astype(bool)
         tok = max(tok, float(np.abs(hidden[mask].astype(np.float64) - out.hidden[mask]).max()))
         pooled = max(pooled, float(np.abs(emb.astype(np.float64) - out.pooled).max()))
-    return {"tokens_max_abs": tok, "pooled_max_abs": pooled}
+        for name, value in zip(names[2:], got[2:]):
+            for r in range(len(mask)):
+                a, b = _real_rows(value[r], mask[r], name), _real_rows(out.extra[name][r], mask[r], name)
+                if a.size:
+                    extra[name] = max(extra[name], float(np.abs(a.astype(np.float64) - b).max()))
+    return {"tokens_max_abs": tok, "pooled_max_abs": pooled, **{f"{n}_max_abs": v for n, v in extra.items()}}
+
+
+def extra_metrics(golden: Golden, outputs: dict[str, CaseOutput], parity: Parity, precision: str,
+                  gates: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str], list[str]]:
+    """BGE-M3's sparse weights and ColBERT vectors from the client vs the golden, on the rows whose token
+    ids match: max abs per real token (fp32: gated at the fp32 max abs), and as they are used: the worst
+    text's top-10 lexical terms overlap, lexical weight error / the golden's largest weight, MaxSim scores of
+    every query against every corpus text (max abs, top-5 agreement; a full run only). Returns
+    (figures, failures, notes). `gates`: the thresholds the Python validator recorded for this variant
+    (manifest validation.variants.<v>.thresholds); fp32 is gated at the fp32 max abs whatever they say.
+    A figure not computed (a --quick run has no MaxSim ranking) is not gated."""
+    names = [n for n in golden.meta.get("outputs", []) if n in EXTRA_OUTPUTS]
+    if not names:
+        return {}, [], []
+    invariant = THRESHOLDS[precision].batch_invariant
+    abs_err = {n: 0.0 for n in names}
+    tally = LexicalTally()
+    scale = lexical_scale(golden) if "sparse_weights" in names else 0.0
+    vectors: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # text id -> (golden, client) ColBERT on real tokens
+    for case in golden.cases:
+        out = outputs.get(case["name"])
+        if out is None or (case["batched"] and not invariant):
+            continue
+        g_in = golden.inputs(case["name"])
+        for r in range(len(case["text_ids"])):
+            if (case["name"], r) not in parity.same:
+                continue
+            g_mask, c_mask = g_in["attention_mask"][r], out.attention_mask[r]
+            for n in names:
+                a = _real_rows(golden.output(case["name"], n)[r], g_mask, n).astype(np.float64)
+                b = _real_rows(out.extra[n][r], c_mask, n).astype(np.float64)
+                if a.size:
+                    abs_err[n] = max(abs_err[n], float(np.abs(a - b).max()))
+            if "sparse_weights" in names:
+                ids = g_in["input_ids"][r][g_mask.astype(bool)]
+                tally.add(lexical_weights(ids, _real_rows(golden.output(case["name"], "sparse_weights")[r], g_mask,
+                                                          "sparse_weights")),
+                          lexical_weights(ids, _real_rows(out.extra["sparse_weights"][r], c_mask, "sparse_weights")))
+            if "colbert_vectors" in names and not case["batched"]:
+                vectors[case["text_ids"][0]] = (
+                    _real_rows(golden.output(case["name"], "colbert_vectors")[0], g_mask, "colbert_vectors"),
+                    _real_rows(out.extra["colbert_vectors"][0], c_mask, "colbert_vectors"))
+    # named as the validator names them (multivector.GATED): sparse_max_abs, colbert_max_abs, ...
+    figures: dict[str, Any] = {f"{n.split('_')[0]}_max_abs": v for n, v in abs_err.items()}
+    figures.update(tally.figures(scale))
+    notes: list[str] = []
+    q_ids, c_ids = golden.meta["query_ids"], golden.meta["corpus_ids"]
+    if "colbert_vectors" in names and all(i in vectors for i in [*q_ids, *c_ids]):
+        figures.update(maxsim_figures({i: v[0] for i, v in vectors.items()}, {i: v[1] for i, v in vectors.items()},
+                                      q_ids, c_ids))
+    elif "colbert_vectors" in names:
+        notes.append("MaxSim scores not computed: not every query and corpus text ran (or matched golden ids)")
+    gates = dict(gates or {})
+    limit = THRESHOLDS[precision].max_abs
+    if precision == "fp32" and limit is not None:  # the fp32 contract: never looser than the table's max abs
+        for key in ("sparse_max_abs", "colbert_max_abs"):
+            gates[key] = min(gates.get(key, limit), limit)
+    failures = gate_failures(figures, gates)
+    if not any(gates.get(key) is not None for key, _, _ in GATED):
+        notes.append("sparse / ColBERT figures reported, not gated: the manifest records no multi-vector gate")
+    return figures, failures, notes
+
+
+def probe_figures(golden: Golden, probes: dict[str, dict[str, np.ndarray]], outputs: dict[str, CaseOutput],
+                  parity: Parity) -> dict[str, Any]:
+    """What clients that do NOT use the graph's final embedding would get, vs the golden sentence embedding:
+      pipeline_<pooling>  transformers.js' feature-extraction pipeline with that pooling + normalize, on every
+                          row (single texts and padded batches) whose token ids match golden; also vs the
+                          graph's own sentence_embedding in the same run (vs_graph_*: the recipe's own
+                          error, apart from the variant's quantization error), and the padded rows alone
+                          (batch_cos_min: where the padding side matters)
+      bare_queries        the graph's embedding of each query alone without its prompt (vs the prompted golden;
+                          also vs the golden's own no-prompt embedding, which shows the probe ran right)
+    Each: rows, cos_min, cos_mean, max_abs and below_fp16_gate (cos min < the fp16 cos min gate, the
+    strictest cosine gate: a client doing that fails the check at every precision)."""
+    gate = THRESHOLDS["fp16"].cos_min
+
+    def summary(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, Any]:
+        if not ref:
+            return {"rows": 0}
+        if any(a.shape != b.shape for a, b in zip(ref, got)):
+            return {"rows": len(ref), "dims": [int(got[0].shape[-1]), int(ref[0].shape[-1])], "below_fp16_gate": True}
+        r, g = np.stack(ref).astype(np.float64), np.stack(got).astype(np.float64)
+        cos = cosine_rows(r, g)
+        return {"rows": len(ref), "cos_min": float(cos.min()), "cos_mean": float(cos.mean()),
+                "max_abs": float(np.abs(r - g).max()), "below_fp16_gate": bool(cos.min() < gate)}
+
+    figures: dict[str, Any] = {}
+    singles = {c["name"]: c["text_ids"][0] for c in golden.cases if not c["batched"]}
+    for probe, per in probes.items():
+        if probe == "bare_queries":
+            continue
+        ref, got, own, batched = [], [], [], []
+        for case in golden.cases:
+            name = case["name"]
+            if name not in per or name not in outputs:
+                continue
+            for r in range(len(case["text_ids"])):
+                if (name, r) in parity.same:
+                    ref.append(golden.output(name, "sentence_embedding")[r])
+                    got.append(per[name][r])
+                    own.append(outputs[name].pooled[r])
+                    batched.append(case["batched"])
+        figures[probe] = summary(ref, got)
+        mine = summary(own, got)
+        figures[probe].update({f"vs_graph_{k}": mine[k] for k in ("cos_min", "max_abs") if k in mine})
+        rows_b = [i for i, b in enumerate(batched) if b]
+        if rows_b and "cos_min" in figures[probe]:  # padded rows: where the padding side matters
+            figures[probe]["batch_rows"] = len(rows_b)
+            figures[probe]["batch_cos_min"] = float(cosine_rows(np.stack([ref[i] for i in rows_b]),
+                                                                np.stack([got[i] for i in rows_b])).min())
+    bare = probes.get("bare_queries")
+    if bare:
+        by_text = {t: n for n, t in singles.items()}
+        q_ids = golden.meta["query_ids"]
+        ids = [i for i in q_ids if str(i) in bare and (by_text.get(i), 0) in parity.same]
+        figures["bare_queries"] = summary([golden.output(by_text[i], "sentence_embedding")[0] for i in ids],
+                                          [bare[str(i)][0] for i in ids])
+        if NO_PROMPT in golden.arrays and ids:
+            no_prompt = golden.arrays[NO_PROMPT]
+            figures["bare_queries"]["vs_golden_no_prompt_max_abs"] = float(max(
+                np.abs(no_prompt[q_ids.index(i)].astype(np.float64) - bare[str(i)][0]).max() for i in ids))
+    return figures
 
 
 def metrics_json(metrics: Metrics) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Collection
 from typing import Any, Callable
@@ -79,8 +79,9 @@ class CaseOutput:
     attention_mask: np.ndarray
     token_type_ids: np.ndarray | None
     hidden: np.ndarray  # [batch, seq, hidden] last_hidden_state
-    pooled: np.ndarray  # [batch, hidden] the pipeline's result (pooling + normalize)
+    pooled: np.ndarray  # [batch, hidden] the pipeline's result (pooling + normalize), or the graph's sentence_embedding
     seconds: float
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # further graph outputs (BGE-M3: sparse, ColBERT)
 
 
 def _floats(packed: dict[str, Any]) -> np.ndarray:
@@ -100,18 +101,54 @@ def decode_cases(run: dict[str, Any]) -> dict[str, CaseOutput]:
             hidden=_floats(c["hidden"]),
             pooled=_floats(c["pooled"]),
             seconds=float(c.get("seconds", 0.0)),
+            extra={k: _floats(v) for k, v in (c.get("extra") or {}).items()},
         )
     return out
+
+
+def decode_probes(run: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+    """A model-mode run's "would have failed" probes: {probe: {case name or query text id: array}}."""
+    return {probe: {k: _floats(v) for k, v in per.items()} for probe, per in (run.get("probes") or {}).items()}
+
+
+# Golden outputs the feature-extraction pipeline can reproduce: it pools last_hidden_state and normalizes.
+PIPELINE_OUTPUTS = ("last_hidden_state", "sentence_embedding")
+
+
+def needs_model(meta: dict[str, Any]) -> bool:
+    """Whether the artifact's graph finishes the embedding in a way the feature-extraction pipeline cannot
+    (Dense layers, last-token pooling, truncation, extra outputs): then the client runs AutoModel and reads
+    the graph's `sentence_embedding`, as that model's users do. Plain mean/CLS encoders keep the pipeline."""
+    return bool(meta.get("dense") or meta.get("pooling") not in ("mean", "cls") or meta.get("truncate_dim")
+                or set(meta.get("outputs", PIPELINE_OUTPUTS)) - set(PIPELINE_OUTPUTS))
+
+
+def bare_queries(golden: Golden) -> list[dict[str, Any]]:
+    """The query texts without their prompt (golden texts carry it), for the forgot-the-prompt probe."""
+    prompt = (golden.meta.get("prompts") or {}).get("query") or ""
+    if not prompt:
+        return []
+    texts = golden.meta["texts"]
+    alone = {c["text_ids"][0]: c["name"] for c in golden.cases if not c["batched"]}
+    # `case`: the query's own golden case; a run that skips it (--quick) skips the probe too
+    return [{"text_id": i, "text": texts[i][len(prompt):], "case": alone.get(i)} for i in golden.meta["query_ids"]
+            if texts[i].startswith(prompt)]
 
 
 def build_request(root: Path, golden: Golden, case_names: list[str], runs: list[dict[str, str]]) -> dict[str, Any]:
     texts = golden.meta["texts"]
     cases = [{"name": c["name"], "texts": [texts[i] for i in c["text_ids"]]}
              for c in golden.cases if c["name"] in case_names]
-    return {"model_dir": str(Path(root).resolve()), "pooling": golden.meta["pooling"],
-            "normalize": bool(golden.meta["normalize"]), "cases": cases, "runs": runs,
-            "chromium": str(chromium_path()),
-            "chromium_flags": list(chromium.FLAGS), "run_timeout_s": 900}
+    request = {"model_dir": str(Path(root).resolve()), "pooling": golden.meta["pooling"],
+               "normalize": bool(golden.meta["normalize"]), "cases": cases, "runs": runs,
+               "chromium": str(chromium_path()),
+               "chromium_flags": list(chromium.FLAGS), "run_timeout_s": 900}
+    if needs_model(golden.meta):
+        # AutoModel + the graph's own outputs; probes: what the pipeline's recipes would have returned
+        probes = ["mean"] + (["last_token"] if golden.meta["pooling"] == "last_token" else [])
+        request.update(mode="model", outputs=list(golden.meta["outputs"]), probes=probes,
+                       bare_queries=bare_queries(golden))
+    return request
 
 
 def run_program(program: str, request: dict[str, Any], timeout: float,

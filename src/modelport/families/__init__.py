@@ -9,9 +9,11 @@ from __future__ import annotations
 from ..errors import ModelportError
 from .base import Family, Judgement
 from .decoder import DECODER
-from .encoder import ENCODER
+from .encoder import DECODER_EMBEDDER_FAMILY, ENCODER
+from .multivector import MULTI_VECTOR_FAMILY
 
-__all__ = ["DECODER", "ENCODER", "FAMILIES", "Family", "Judgement", "get"]
+__all__ = ["DECODER", "DECODER_EMBEDDER_FAMILY", "ENCODER", "FAMILIES", "Family", "Judgement",
+           "MULTI_VECTOR_FAMILY", "get"]
 
 
 def _index(*families: Family) -> dict[str, Family]:
@@ -23,7 +25,7 @@ def _index(*families: Family) -> dict[str, Family]:
     return table
 
 
-FAMILIES: dict[str, Family] = _index(ENCODER, DECODER)
+FAMILIES: dict[str, Family] = _index(ENCODER, DECODER_EMBEDDER_FAMILY, MULTI_VECTOR_FAMILY, DECODER)
 
 
 def get(name: str) -> Family:

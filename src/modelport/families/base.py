@@ -60,6 +60,11 @@ class Family(ABC):
     def judge(self, root: Path, golden: Any, variant: str, precision: str, runner: Any) -> Judgement:
         """Run one variant over the golden and gate it with the family's threshold table."""
 
+    def golden_notes(self, golden: Any) -> list[str]:
+        """Notes about the golden itself, said once per report (not per variant): e.g. how far a
+        client that skips part of the embedding head would land."""
+        return []
+
     def describe_run(self, variant: str, golden: Any) -> str:
         """The progress line while a variant is validated."""
         return f"validate {variant}"

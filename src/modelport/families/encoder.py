@@ -1,4 +1,9 @@
-"""Sentence encoders (BERT, XLM-R, ...): token embeddings + a pooled sentence embedding.
+"""Embedders: token embeddings + the sentence embedding the checkpoint's sentence-transformers
+contract defines (pooling, Dense layers, normalization, truncation; prompts applied to the inputs).
+
+Two families share this judge: sentence encoders (BERT, XLM-R, ...) and decoder embedders
+(Qwen3-Embedding, EmbeddingGemma), whose trunks each target converts differently. BGE-M3's
+multi-vector family extends it (multivector.py).
 
 Golden: `reference.Golden` (the fixed validation set: single texts in several scripts and lengths,
 padded batches). A variant is judged on max abs over non-padding tokens and the pooled embedding,
@@ -14,15 +19,16 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import reference
-from ..metrics import Metrics, case_diff, summarize, topk_agreement
-from ..recipes import SENTENCE_ENCODER
-from ..reference import Golden
+from ..metrics import Metrics, case_diff, cosine_rows, summarize, topk_agreement
+from ..recipes import DECODER_EMBEDDER, SENTENCE_ENCODER
+from ..reference import NO_PROMPT, Golden
 from ..thresholds import THRESHOLDS, check
 from .base import Family, Judgement, Progress
 from .cards import LEADING_HEAD, TargetCard, leading_cells, num, table
 
-# A runner maps input arrays (by name) to (last_hidden_state, sentence_embedding).
-EncoderRunner = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
+# A runner maps input arrays (by name) to the golden's outputs, in golden.meta["outputs"] order:
+# (last_hidden_state, sentence_embedding[, sparse_weights, colbert_vectors]).
+EncoderRunner = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, ...]]
 
 
 def evaluate(golden: Golden, run: EncoderRunner, batch_invariant: bool) -> tuple[Metrics, list[str]]:
@@ -32,7 +38,7 @@ def evaluate(golden: Golden, run: EncoderRunner, batch_invariant: bool) -> tuple
     singles: dict[int, np.ndarray] = {}
     for case in golden.cases:
         feeds = golden.inputs(case["name"])
-        hidden, pooled = run(feeds)
+        hidden, pooled = run(feeds)[:2]
         diff = case_diff(case["name"], feeds["attention_mask"], golden.output(case["name"], "last_hidden_state"),
                          hidden, golden.output(case["name"], "sentence_embedding"), pooled)
         if case["batched"] and not batch_invariant:
@@ -65,6 +71,9 @@ class EncoderFamily(Family):
     def judge(self, root: Path, golden: Golden, variant: str, precision: str, runner: EncoderRunner) -> Judgement:
         metrics, notes = evaluate(golden, runner, THRESHOLDS[precision].batch_invariant)
         return Judgement(metrics, check(precision, metrics), notes)
+
+    def golden_notes(self, golden: Golden) -> list[str]:
+        return blind_spots(golden, THRESHOLDS["fp16"])
 
     def check_clients(self, root: Path, plan: dict[str, list[str] | None], quick: tuple[str, ...],
                       progress: Progress) -> dict[str, Any]:
@@ -148,6 +157,44 @@ class EncoderFamily(Family):
         return table(head, rows)
 
 
+def blind_spots(golden: Golden, gate: Any) -> list[str]:
+    """What a client that finishes the embedding itself would get, measured on the golden: mean-pooling
+    last_hidden_state (transformers.js' default) instead of the shipped head, and dropping the query
+    prompt. Reported so a reader sees that comparing the artifact's own `sentence_embedding` is what
+    catches those mistakes, and a warning when the golden could not tell them apart (the check
+    would pass a client that skips them)."""
+    meta = golden.meta
+    finished_in_graph = bool(meta.get("dense")) or meta.get("pooling") == "last_token" or bool(meta.get("truncate_dim"))
+    if not finished_in_graph and not meta.get("prompts", {}).get("query"):
+        return []  # mean/CLS pooling of last_hidden_state (a client option) is the whole contract
+    notes = []
+    singles = [c for c in golden.cases if not c["batched"]]
+    naive, shipped = [], []
+    for case in singles:
+        hidden = golden.output(case["name"], "last_hidden_state")[0]
+        mask = golden.inputs(case["name"])["attention_mask"][0].astype(bool)
+        naive.append(hidden[mask].mean(0))
+        shipped.append(golden.output(case["name"], "sentence_embedding")[0])
+    if finished_in_graph:
+        if all(len(a) == len(b) for a, b in zip(naive, shipped)):
+            cos = cosine_rows(np.stack(naive), np.stack(shipped))
+            verdict = "caught" if cos.min() < gate.cos_min else "NOT caught: this golden cannot tell them apart"
+            skipped = [what for what, on in (("last-token pooling", meta.get("pooling") == "last_token"),
+                                             ("the Dense layers", bool(meta.get("dense"))),
+                                             ("the truncation", bool(meta.get("truncate_dim")))) if on]
+            notes.append(f"a client that mean-pools last_hidden_state itself (skipping {' and '.join(skipped)}) "
+                         f"gets cos min {cos.min():.4f} mean {cos.mean():.4f} vs the golden: {verdict}")
+        else:
+            notes.append(f"a client that mean-pools last_hidden_state gets {len(naive[0])}-dim vectors, not the "
+                         f"{len(shipped[0])}-dim embedding: caught by shape")
+    if NO_PROMPT in golden.arrays:
+        ref = np.stack([golden.output(f"text{i:02d}", "sentence_embedding")[0] for i in meta["query_ids"]])
+        cos = cosine_rows(golden.arrays[NO_PROMPT], ref)
+        verdict = "caught" if cos.min() < gate.cos_min else "NOT caught: this golden cannot tell them apart"
+        notes.append(f"a client that drops the query prompt gets cos min {cos.min():.4f} vs the golden: {verdict}")
+    return notes
+
+
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(w.capitalize() for w in rest)
@@ -218,3 +265,25 @@ const result = await engine.embeddings.create({{ input: ["A sentence to embed."]
 
 
 ENCODER = EncoderFamily()
+
+
+class DecoderEmbedderFamily(EncoderFamily):
+    """Embedders on a decoder trunk (Qwen3-Embedding: causal, last-token pooling, left padding;
+    EmbeddingGemma: bidirectional, sliding windows, mean pooling + Dense). Judged like sentence
+    encoders; a family of its own because each target converts the trunk with other code."""
+
+    name = DECODER_EMBEDDER
+    what = "decoder-based embedders"
+
+    def card_usage(self, target: str) -> TargetCard | None:
+        from .embedder_cards import EMBEDDER_CARDS
+
+        return EMBEDDER_CARDS.get(target)
+
+    def card_fields(self, man: dict[str, Any], repo: str) -> dict[str, str]:
+        from .embedder_cards import embedder_fields
+
+        return {**super().card_fields(man, repo), **embedder_fields(man)}
+
+
+DECODER_EMBEDDER_FAMILY = DecoderEmbedderFamily()

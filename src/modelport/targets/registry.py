@@ -130,6 +130,8 @@ class TargetSpec:
     description: str
     extra: str  # pip install 'modelport[<extra>]'
     image: str  # the workbench image that converts for it (images/, Makefile TOOLCHAINS)
+    # family -> why this target does not convert it (said in the refusal, instead of only "it does not")
+    refuses: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class Registry:
@@ -187,9 +189,10 @@ class Registry:
         if (target, family) not in self._converters:
             others = self.targets_for(family)
             converts = self.families_of(target)
+            why = self._targets[target].refuses.get(family)
             raise ModelportError(
-                f"target {target!r} does not convert {family} models (it converts: {', '.join(converts) or 'nothing'}); "
-                f"targets that do: {', '.join(others) or 'none yet'}")
+                f"target {target!r} does not convert {family} models (it converts: {', '.join(converts) or 'nothing'})"
+                + (f": {why}" if why else "") + f"; targets that do: {', '.join(others) or 'none yet'}")
         return self._converters[(target, family)]
 
     def converter(self, target: str, family: str) -> Converter:

@@ -3,7 +3,8 @@
 //   node browser_embed.mjs request.json
 //
 // request.json: {model_dir, pooling, normalize, cases: [{name, texts}], runs: [{device, dtype, cases: [names]}], out,
-//                chromium, run_timeout_s}
+//                chromium, run_timeout_s}, plus {mode: 'model', outputs, probes, bare_queries} for graphs that
+//                finish the embedding (embed_core.mjs runEmbedModel)
 //           or, for decoders: {model_dir, task: 'text-generation', steps, prompts, runs: [{device, dtype}], ...}
 // Serves page.html, embed_core.mjs, transformers.js + the ONNX Runtime wasm files (from this folder's
 // node_modules) and the artifact from 127.0.0.1 with COOP/COEP headers (cross-origin isolation:
@@ -110,7 +111,8 @@ async function runOne(browser, origin, index, run, timeoutMs) {
 
 // task 'text-generation' (decoders: prompts + steps, generate_core.mjs) or the default feature extraction
 const requestJson = JSON.stringify({ model_id: modelId, task: req.task, prompts: req.prompts, steps: req.steps,
-  cases: req.cases, runs: req.runs, pooling: req.pooling, normalize: req.normalize });
+  cases: req.cases, runs: req.runs, pooling: req.pooling, normalize: req.normalize, mode: req.mode, outputs: req.outputs,
+  probes: req.probes, bare_queries: req.bare_queries });
 const server = await serve(requestJson);
 const origin = `http://127.0.0.1:${server.address().port}`;
 const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'modelport-chromium-'));

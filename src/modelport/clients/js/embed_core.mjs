@@ -87,3 +87,92 @@ export async function runVariant(pipeline, { modelId, device, dtype, cases, pool
   }
   return record;
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Models whose graph finishes the embedding itself (issue 15: last-token pooling, sentence-transformers
+// Dense layers, Matryoshka truncation, BGE-M3's sparse / ColBERT outputs). The feature-extraction
+// pipeline cannot express them (it pools last_hidden_state and normalizes, nothing more), so this runs
+// what such a model's users run: AutoTokenizer + AutoModel, the artifact's own `sentence_embedding`
+// (and extra outputs) read by name. The tokenizer pads on the side its tokenizer_config.json says
+// (transformers.js reads `padding_side` from it); the side it used is returned and checked.
+//
+// In the same run it measures what a client would get that does NOT use the graph's final output
+// (the "would have failed" probes), each through transformers.js's real code on the same session:
+//   pipeline_mean        FeatureExtractionPipeline({pooling: 'mean', normalize: true}): mean-pools
+//                        last_hidden_state, skipping last-token pooling / the Dense layers
+//   pipeline_last_token  ({pooling: 'last_token', normalize: true}), for last-token models: correct
+//                        only when the tokenizer pads left and the model has no Dense layer / truncation
+//   bare_queries         the graph's sentence_embedding of each query text without its prompt (alone)
+
+const MODEL_OUTPUTS = ['last_hidden_state', 'sentence_embedding'];
+
+/**
+ * Load `modelId` with AutoModel (dtype, device) and run every case and probe; JSON-able record.
+ * `tf` is the transformers.js module (AutoModel, AutoTokenizer, FeatureExtractionPipeline).
+ */
+export async function runEmbedModel(tf, { modelId, device, dtype, cases, outputs, probes, bareQueries }) {
+  const record = { device, dtype, status: 'ok', mode: 'model', cases: [], probes: {} };
+  let model;
+  let tokenizer;
+  try {
+    const t0 = performance.now();
+    tokenizer = await tf.AutoTokenizer.from_pretrained(modelId);
+    model = await tf.AutoModel.from_pretrained(modelId, { device, dtype });
+    record.load_s = (performance.now() - t0) / 1000;
+    record.padding_side = tokenizer.padding_side;
+    record.model_class = model.constructor.name;
+  } catch (e) {
+    return { ...record, status: 'error', stage: 'load', reason: errorText(e) };
+  }
+  const wanted = outputs && outputs.length ? outputs : MODEL_OUTPUTS;
+  try {
+    const t1 = performance.now();
+    for (const c of cases) {
+      const tc = performance.now();
+      const inputs = tokenizer(c.texts, { padding: true, truncation: true });
+      const out = await model(inputs);
+      for (const name of wanted) {
+        if (!out[name]) throw new Error(`case ${c.name}: the model returned no ${name} (outputs: ${Object.keys(out).join(', ')})`);
+      }
+      const extra = {};
+      for (const name of wanted.filter((n) => !MODEL_OUTPUTS.includes(n))) extra[name] = packFloat32(out[name], name);
+      record.cases.push({
+        name: c.name,
+        input_ids: rows(inputs.input_ids),
+        attention_mask: rows(inputs.attention_mask),
+        token_type_ids: inputs.token_type_ids ? rows(inputs.token_type_ids) : null,
+        hidden: packFloat32(out.last_hidden_state, 'last_hidden_state'),
+        pooled: packFloat32(out.sentence_embedding, 'sentence_embedding'),
+        extra,
+        seconds: (performance.now() - tc) / 1000,
+      });
+    }
+    record.run_s = (performance.now() - t1) / 1000;
+    // The probes: the same session, through transformers.js's own pipeline code.
+    const tp = performance.now();
+    const extractor = new tf.FeatureExtractionPipeline({ task: 'feature-extraction', model, tokenizer });
+    for (const pooling of probes || []) {
+      const per = {};
+      for (const c of cases) per[c.name] = packFloat32(await extractor(c.texts, { pooling, normalize: true }), `pipeline ${pooling}`);
+      record.probes[`pipeline_${pooling}`] = per;
+    }
+    const ran = new Set(cases.map((c) => c.name));
+    const queries = (bareQueries || []).filter((q) => ran.has(q.case));  // compared only where the prompted one ran
+    if (queries.length) {
+      const per = {};
+      for (const q of queries) {
+        const out = await model(tokenizer([q.text], { padding: true, truncation: true }));
+        per[String(q.text_id)] = packFloat32(out.sentence_embedding, 'bare query sentence_embedding');
+      }
+      record.probes.bare_queries = per;
+    }
+    record.probes_s = (performance.now() - tp) / 1000;
+  } catch (e) {
+    record.status = 'error';
+    record.stage = 'run';
+    record.reason = errorText(e);
+  } finally {
+    try { await model.dispose(); } catch { /* a failed session may not dispose cleanly */ }
+  }
+  return record;
+}

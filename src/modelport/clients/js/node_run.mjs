@@ -5,17 +5,20 @@
 // request.json, by task (the same two tasks, and the same core modules, as the browser page):
 //   default (feature extraction, embed_core.mjs):
 //     {model_dir, pooling, normalize, cases: [{name, texts}], runs: [{device, dtype, cases: [names]}], out}
+//     with mode 'model' (graphs that finish the embedding: AutoModel + AutoTokenizer, runEmbedModel):
+//     also {outputs, probes: [pipeline poolings], bare_queries: [{text_id, text}]}
 //   task 'text-generation' (decoders, generate_core.mjs):
 //     {model_dir, task, steps, prompts: [{name, text, messages, add_special_tokens}], runs: [{device, dtype}], out}
 // Writes {client, versions, runs: [...]} to `out`; progress goes to stderr.
 // Nothing is fetched from the network: remote models are off and the model is a local folder.
-import { pipeline, env } from '@huggingface/transformers';
+import * as tf from '@huggingface/transformers';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { runVariant } from './embed_core.mjs';
+import { runEmbedModel, runVariant } from './embed_core.mjs';
 import { runGenerate } from './generate_core.mjs';
 
+const { pipeline, env } = tf;
 const req = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
 const dir = path.resolve(req.model_dir);
 env.allowRemoteModels = false;
@@ -30,6 +33,10 @@ function runOne(run) {
     return runGenerate(pipeline, { modelId, device: run.device, dtype: run.dtype, prompts: req.prompts, steps: req.steps });
   }
   const cases = req.cases.filter((c) => run.cases.includes(c.name));
+  if (req.mode === 'model') {
+    return runEmbedModel(tf, { modelId, device: run.device, dtype: run.dtype, cases, outputs: req.outputs,
+      probes: req.probes, bareQueries: req.bare_queries });
+  }
   return runVariant(pipeline, { modelId, device: run.device, dtype: run.dtype, cases, pooling: req.pooling, normalize: req.normalize });
 }
 

@@ -11,9 +11,21 @@ No toolchain (torch, tvm) is imported at module level: the validator image has n
 
 from __future__ import annotations
 
+from ...recipes import CAUSAL_LM, DECODER_EMBEDDER, MULTI_VECTOR
 from ..registry import REGISTRY, TargetSpec
 
+# What WebLLM cannot load, and why (the refusal says it). WebLLM 0.2's embeddings API
+# (engine.embeddings.create) runs mlc-llm's BERT model and returns one dense vector per input.
+REFUSES = {
+    DECODER_EMBEDDER: "WebLLM's embedding pipeline runs BERT-architecture encoders only (mlc-llm's `bert` "
+                      "model); a decoder-trunk embedder (Qwen3-Embedding, EmbeddingGemma) has no WebLLM model to "
+                      "load it. In the browser, use -t onnx (transformers.js, WebGPU)",
+    MULTI_VECTOR: "WebLLM's embeddings API returns one dense vector per input, so BGE-M3's sparse weights and "
+                  "ColBERT vectors would be dropped, and its XLM-R trunk is not an mlc-llm embedding model. In the "
+                  "browser, use -t onnx (transformers.js returns all three outputs)",
+    CAUSAL_LM: "WebLLM chat packages (paged KV cache, q4f16_1) are not built by this version",
+}
 SPEC = REGISTRY.add_target(TargetSpec(name="mlc", description="MLC / WebLLM package (WebGPU + wasm32)",
-                                      extra="mlc", image="mlc"))
+                                      extra="mlc", image="mlc", refuses=REFUSES))
 
 from . import encoder  # noqa: E402,F401  (registers MLCEncoder)

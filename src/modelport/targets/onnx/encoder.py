@@ -9,18 +9,25 @@
     <out>/onnx/model_q4f16.onnx      the fp16 model with 4-bit MatMulNBits
 
 Each file is what transformers.js loads for `dtype: fp32|fp16|q8|uint8|q4|q4f16`.
-The graph has two outputs: `last_hidden_state` (what transformers.js pools itself) and
-`sentence_embedding` (the recipe's pooling + normalization, for onnxruntime users).
+The graph's outputs are the recipe's: `last_hidden_state` (what transformers.js' feature-extraction
+pipeline pools itself: right only for plain mean/CLS models) and `sentence_embedding` (the whole
+sentence-transformers head: pooling, Dense layers, normalization, truncation), plus BGE-M3's
+`sparse_weights` and `colbert_vectors`. One export function serves sentence encoders, decoder
+embedders (Qwen3-Embedding, EmbeddingGemma: torch.export traces their masks, sliding windows
+included) and multi-vector encoders: three registered converters, one per family.
 """
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from ...families import ENCODER
+from ...families import DECODER_EMBEDDER_FAMILY, ENCODER, MULTI_VECTOR_FAMILY
 from ...manifest import TargetInfo
 from ..registry import ArtifactSession, ConvertContext, Variant, register
 from .ort import OPSET, OnnxConverter, Q4_BLOCK, needs_external_data, quantize_q4, session_options
@@ -37,11 +44,10 @@ VARIANTS: dict[str, Variant] = {
     )
 }
 DEFAULT_VARIANTS = tuple(VARIANTS)
-OUTPUT_NAMES = ["last_hidden_state", "sentence_embedding"]
 
 Step = Callable[[str], Any]
-# feeds -> (last_hidden_state, sentence_embedding): what families.encoder judges
-EncoderRunner = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
+# feeds -> the graph's outputs in recipe.outputs order: what families.encoder judges
+EncoderRunner = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, ...]]
 
 
 def export_fp32(source, recipe, path: Path) -> None:
@@ -54,11 +60,15 @@ def export_fp32(source, recipe, path: Path) -> None:
 
     from ...torch_model import load_hf_model, make_encoder
 
-    encoder = make_encoder(load_hf_model(source), recipe)
-    # Example inputs: batch 2, length 8, with one padded row, so no dimension specializes to 1.
+    encoder = make_encoder(load_hf_model(source), recipe, source.path)
+    # Example inputs: batch 2, length 8, with one padded row (on the tokenizer's padding side), so no
+    # dimension specializes to 1.
     ids = torch.full((2, 8), 5, dtype=torch.long)
     mask = torch.ones((2, 8), dtype=torch.long)
-    mask[1, 5:] = 0
+    if recipe.head.padding_side == "left":
+        mask[1, :3] = 0
+    else:
+        mask[1, 5:] = 0
     example = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
     args = tuple(example[n] for n in recipe.inputs)
     batch = torch.export.Dim("batch", max=4096)
@@ -71,7 +81,7 @@ def export_fp32(source, recipe, path: Path) -> None:
         str(path),
         dynamo=True,
         input_names=list(recipe.inputs),
-        output_names=OUTPUT_NAMES,
+        output_names=list(recipe.outputs),
         dynamic_shapes=dynamic,
         opset_version=OPSET,
         external_data=needs_external_data(n_bytes),  # protobuf's 2 GB limit
@@ -93,9 +103,39 @@ def quantize_dynamic(src: Path, dst: Path, signed: bool) -> None:
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
     # Per-channel weight scales: per-tensor scales cost MiniLM 0.90 -> 0.98 min cosine (measured).
-    ort_quantize_dynamic(
-        str(src), str(dst), weight_type=QuantType.QInt8 if signed else QuantType.QUInt8, per_channel=True
-    )
+    with _gemm_as_matmul(src) as model:
+        ort_quantize_dynamic(
+            str(model), str(dst), weight_type=QuantType.QInt8 if signed else QuantType.QUInt8, per_channel=True
+        )
+
+
+@contextmanager
+def _gemm_as_matmul(src: Path) -> Iterator[Path]:
+    """`src`, or a copy whose Gemm nodes are MatMul + Add with no stale shape annotations.
+
+    onnxruntime's dynamic quantizer rewrites Gemm(transB=1) to MatMul itself, then re-runs shape
+    inference over the value_info it inferred before the rewrite and fails ("Inferred shape and
+    existing shape differ in dimension 0: (96) vs (384)" on EmbeddingGemma's Dense layers, the only
+    2-D Linear layers of an embedder). Doing the same rewrite first, with value_info dropped, leaves
+    it nothing to rewrite.
+    """
+    import onnx
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    model = onnx.load(str(src), load_external_data=False)
+    if not any(n.op_type == "Gemm" for n in model.graph.node):
+        yield src
+        return
+    model = onnx.load(str(src))
+    ONNXModel(model).replace_gemm_with_matmul()
+    del model.graph.value_info[:]
+    with tempfile.TemporaryDirectory(dir=src.parent) as tmp:
+        path = Path(tmp) / "model.onnx"
+        n_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
+        onnx.save(model, str(path), save_as_external_data=needs_external_data(n_bytes))
+        yield path
+
+
 
 
 def write_layout(source, recipe, out: Path) -> list[str]:
@@ -132,7 +172,8 @@ def convert(source, recipe, variants: list[str], out: Path, step: Step) -> Targe
     if "fp32" not in variants:
         fp32.unlink()
     write_layout(source, recipe, out)
-    return TargetInfo.of("onnx", ENCODER.name, variants, VARIANTS, opset=OPSET, layout="transformers.js")
+    return TargetInfo.of("onnx", recipe.family, variants, VARIANTS, opset=OPSET, layout="transformers.js",
+                         outputs=list(recipe.outputs))
 
 
 def load_runner(artifact: Path, variant: str, threads: int = 2) -> EncoderRunner:
@@ -141,10 +182,10 @@ def load_runner(artifact: Path, variant: str, threads: int = 2) -> EncoderRunner
     session = ort.InferenceSession(str(artifact / VARIANTS[variant].path), session_options(threads),
                                    providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]  # the export's order: recipe.outputs
 
-    def run(feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        hidden, pooled = session.run(OUTPUT_NAMES, {n: feeds[n] for n in names})
-        return hidden, pooled
+    def run(feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+        return tuple(session.run(outputs, {n: feeds[n] for n in names}))
 
     return run
 
@@ -167,3 +208,18 @@ class OnnxEncoder(OnnxConverter):
 
     def open(self, artifact: Path) -> OnnxEncoderSession:
         return OnnxEncoderSession(artifact)
+
+
+@register
+class OnnxDecoderEmbedder(OnnxEncoder):
+    """Qwen3-Embedding, EmbeddingGemma: the same export (torch.export traces the decoder trunk's
+    causal or bidirectional, sliding-window masks), the same variants."""
+
+    family = DECODER_EMBEDDER_FAMILY.name
+
+
+@register
+class OnnxMultiVector(OnnxEncoder):
+    """BGE-M3: the same export with two more named outputs, sparse_weights and colbert_vectors."""
+
+    family = MULTI_VECTOR_FAMILY.name

@@ -1,6 +1,7 @@
 """Forward passes in MLX, one model family per file (the mlx-lm way).
 
-Encoders (bert.py) and decoder LLMs (llama.py: Llama, Qwen2, Qwen3, SmolLM3, with a KV cache).
+Encoders (bert.py), decoder LLMs (llama.py: Llama, Qwen2, Qwen3, SmolLM3, with a KV cache; its
+`Trunk` is the cache-free Qwen3-Embedding trunk) and the bidirectional Gemma 3 trunk (gemma3.py).
 The validator runs the converted MLX weights with these modules and compares them with the
 PyTorch golden outputs. Parameter names mirror the Hugging Face checkpoint's, so converted
 safetensors load with `model.load_weights` and stay readable by other MLX loaders.
@@ -24,6 +25,8 @@ FAMILIES = {
     "qwen2": "modelport.targets.mlx.models.llama",
     "qwen3": "modelport.targets.mlx.models.llama",
     "smollm3": "modelport.targets.mlx.models.llama",
+    # bidirectional decoder trunk (EmbeddingGemma); qwen3 embedders use llama.Trunk
+    "gemma3_text": "modelport.targets.mlx.models.gemma3",
 }
 
 

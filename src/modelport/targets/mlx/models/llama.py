@@ -335,8 +335,8 @@ class Attention(nn.Module):
         self._qk_norm = a.qk_norm
         self._rope = RoPE(a.head_dim, a.rope) if use_rope else None
 
-    def __call__(self, x: mx.array, past: tuple[mx.array | None, mx.array | None], offset: int
-                 ) -> tuple[mx.array, mx.array, mx.array]:
+    def __call__(self, x: mx.array, past: tuple[mx.array | None, mx.array | None], offset: int,
+                 mask: mx.array | None = None) -> tuple[mx.array, mx.array, mx.array]:
         b, n, _ = x.shape
         q = self.q_proj(x).reshape(b, n, self.num_heads, self.head_dim)
         k = self.k_proj(x).reshape(b, n, self.num_kv_heads, self.head_dim)
@@ -353,7 +353,9 @@ class Attention(nn.Module):
         # cache too; a single new token attends to everything and needs no mask. (Spelling the
         # attention out in transformers' eager order was tried: closer on prefill, farther on
         # single-token decode, where the fused kernel's accumulation is more accurate.)
-        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask="causal" if n > 1 else None)
+        if mask is None:
+            mask = "causal" if n > 1 else None
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         return self.o_proj(o.transpose(0, 2, 1, 3).reshape(b, n, -1)), k, v
 
 
@@ -376,9 +378,9 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(a.hidden_size, eps=a.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(a.hidden_size, eps=a.rms_norm_eps)
 
-    def __call__(self, x: mx.array, past: tuple[mx.array | None, mx.array | None], offset: int
-                 ) -> tuple[mx.array, mx.array, mx.array]:
-        h, k, v = self.self_attn(self.input_layernorm(x), past, offset)
+    def __call__(self, x: mx.array, past: tuple[mx.array | None, mx.array | None], offset: int,
+                 mask: mx.array | None = None) -> tuple[mx.array, mx.array, mx.array]:
+        h, k, v = self.self_attn(self.input_layernorm(x), past, offset, mask)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), k, v
 
@@ -389,6 +391,50 @@ class Backbone(nn.Module):
         self.embed_tokens = Embedding(a.vocab_size, a.hidden_size)
         self.layers = [DecoderLayer(a, use_rope) for use_rope in a.rope_layers]
         self.norm = RMSNorm(a.hidden_size, eps=a.rms_norm_eps)
+
+
+# Additive mask value of the embedder trunk: exp underflows to exactly 0 in float32 and float16, and a
+# padding query that sees no key (left padding, causal) stays finite (-inf would give NaN rows, and
+# 0 * NaN leaks into real tokens through the next layer's values).
+MASK_VALUE = -1.0e4
+
+
+class Trunk(Backbone):
+    """The decoder without a head or cache, as an embedder runs it (Qwen3-Embedding):
+    (input_ids [B, L], attention_mask [B, L]) -> last_hidden_state [B, L, H].
+
+    Parameter names are the bare decoder's (transformers' `Qwen3Model`: `embed_tokens.weight`,
+    `layers.0...`, `norm.weight`). Attention is causal AND padding (keys); positions are 0..L-1
+    including padding, which is what transformers' AutoModel computes when no position_ids are given:
+    with left padding a row's first real token sits at position (number of pads), not 0."""
+
+    def __init__(self, config: dict[str, Any], position_offset: int = 0) -> None:
+        args = Args.from_config(config)
+        super().__init__(args)
+        self.args = args
+
+    def __call__(self, input_ids: mx.array, attention_mask: mx.array) -> mx.array:
+        x = self.embed_tokens(input_ids)
+        n = input_ids.shape[1]
+        pos = mx.arange(n)
+        visible = (pos[None, :] <= pos[:, None])[None, None] & attention_mask[:, None, None, :].astype(mx.bool_)
+        mask = mx.where(visible, mx.array(0, dtype=x.dtype), mx.array(MASK_VALUE, dtype=x.dtype))
+        for layer in self.layers:
+            x, _, _ = layer(x, (None, None), 0, mask)
+        return self.norm(x)
+
+
+def trunk_weights(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """A checkpoint's tensors under `Trunk`'s names: the `model.` prefix of a *ForCausalLM state dict
+    dropped, no lm_head (an embedder has none), no rotary buffers."""
+    out = {}
+    for name, value in weights.items():
+        if name.startswith("model."):
+            name = name[len("model."):]
+        if name.startswith("lm_head.") or name.endswith("rotary_emb.inv_freq"):
+            continue
+        out[name] = value
+    return out
 
 
 class Model(nn.Module):

@@ -1,0 +1,348 @@
+"""MLX target, embedders with a whole sentence-transformers head: decoder embedders (Qwen3-Embedding,
+EmbeddingGemma) and multi-vector encoders (BGE-M3). One loadable folder per variant:
+
+    <out>/f32/  config.json  model.safetensors (the trunk, the checkpoint's tensor names)
+                tokenizer files  modules.json  1_Pooling/  <i>_Dense/ (config.json + model.safetensors)
+                <i>_Normalize/  config_sentence_transformers.json (prompts; truncate_dim if truncated)
+                sparse_linear.safetensors  colbert_linear.safetensors     (BGE-M3; from the .pt files)
+    <out>/f16/  float16 trunk
+    <out>/q8/, <out>/q4/   group-wise affine trunk (`quantization` in config.json)
+    <out>/reference/dequant_q8.npz, dequant_q4.npz   PyTorch run with the dequantized trunk weights
+
+`load_model(folder)` returns an `Embedder` whose call gives the final outputs (the sentence embedding
+after pooling, Dense layers, normalization and truncation; BGE-M3's sparse weights and ColBERT
+vectors), in the golden's order, not a hidden state the client must finish.
+
+Trunks (`models/`): gemma3.py (bidirectional, sliding windows), llama.py's `Trunk` (Qwen3: causal +
+padding mask, positions 0..L-1 including left padding, as AutoModel computes them), bert.py (XLM-R).
+The head (head.py) runs in float32 and is never quantized: the Dense layers and BGE-M3's heads stay
+float32 files in every folder, as in the PyTorch references (`reference.outputs_with_weights` replaces
+trunk weights only), so a quantized variant's error is the trunk's.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ...errors import ModelportError
+from ...families import DECODER_EMBEDDER_FAMILY, MULTI_VECTOR_FAMILY
+from ...fsutil import read_json, write_json
+from ...layout import copy_model_files
+from ...manifest import TargetInfo
+from ...metrics import cosine_rows
+from ...recipes import ARCHITECTURES
+from ...thresholds import DEQUANT_RUNTIME_MAX_ABS
+from ..registry import ConvertContext, NoOptions, register
+from .common import (BITS, WEIGHTS, MLXConverter, MLXSession, Step, check_group_size, dequantized_weights,
+                     encoder_quantizable, lm_quantizable, save, stored_quantized, variant_table)
+
+__all__ = ["VARIANTS", "DEFAULT_VARIANTS", "MLXDecoderEmbedder", "MLXMultiVector", "Embedder", "convert",
+           "load_model", "load_runner"]
+
+VARIANTS = variant_table(
+    f16="float16 trunk weights and compute (head float32)",
+    quantized="trunk Linear layers + embedding table; Dense layers and heads float32")
+DEFAULT_VARIANTS = tuple(VARIANTS)
+HEAD_FILES = {"sparse": "sparse_linear.safetensors", "colbert": "colbert_linear.safetensors"}
+
+Runner = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, ...]]
+
+
+def _dequant_path(variant: str) -> str:
+    return f"reference/dequant_{variant}.npz"
+
+
+# --- trunks -------------------------------------------------------------------------------------------
+
+
+def _trunk_module(model_type: str):
+    """(module, build(config) -> nn.Module, weights(dict) -> dict, quantization predicate(group_size))."""
+    if model_type == "gemma3_text":
+        from .models import gemma3
+
+        return (lambda cfg: gemma3.Model(cfg)), gemma3.checkpoint_weights, lm_quantizable
+    if model_type == "qwen3":
+        from .models import llama
+
+        return (lambda cfg: llama.Trunk(cfg)), llama.trunk_weights, lm_quantizable
+    if model_type in ("bert", "xlm-roberta"):
+        from .models import bert
+
+        offset = ARCHITECTURES[model_type].position_offset
+        return (lambda cfg: bert.Model(cfg, position_offset=offset)), bert.checkpoint_weights, \
+            (lambda gs: encoder_quantizable)
+    raise ModelportError(f"no MLX embedder trunk for model_type={model_type!r} (gemma3_text, qwen3, bert, xlm-roberta)")
+
+
+def build_trunk(config: dict[str, Any]):
+    build, _, _ = _trunk_module(config.get("model_type"))
+    return build(config)
+
+
+def _checkpoint_arrays(source) -> dict[str, np.ndarray]:
+    """The trunk's tensors by name, read through transformers' AutoModel (the golden's loader)."""
+    from ...torch_model import load_hf_model
+
+    state = load_hf_model(source).state_dict()
+    return {k: v.detach().float().numpy() for k, v in state.items()}
+
+
+# --- the folder's sentence-transformers files ------------------------------------------------------------
+
+
+def ship_head_files(source, recipe, folder: Path) -> dict[str, Any]:
+    """Every sentence-transformers module folder modules.json names (Pooling, Dense with weights,
+    Normalize, empty folders included), config_sentence_transformers.json (prompts; plus `truncate_dim`
+    when the conversion truncates), and BGE-M3's heads as safetensors. Runs after
+    `layout.copy_model_files` (which copies the module files too). Returns what was written."""
+    from safetensors.numpy import save_file
+
+    from ...embedding import head_weights
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shipped: dict[str, Any] = {"modules": []}
+    for module in read_json(source.path / "modules.json"):
+        rel = str(module.get("path", ""))
+        if rel and (source.path / rel).is_dir():
+            shutil.copytree(source.path / rel, folder / rel, dirs_exist_ok=True)
+            shipped["modules"].append(rel)
+    st_cfg_path = source.path / "config_sentence_transformers.json"
+    st_cfg = read_json(st_cfg_path) if st_cfg_path.is_file() else {}
+    if recipe.head.truncate_dim:
+        st_cfg["truncate_dim"] = recipe.head.truncate_dim
+    if st_cfg:
+        write_json(folder / "config_sentence_transformers.json", st_cfg)
+        shipped["config_sentence_transformers"] = True
+    if recipe.heads is not None:
+        weights = head_weights(source.path, recipe.heads)
+        for prefix, name in HEAD_FILES.items():
+            save_file({"weight": np.ascontiguousarray(weights[f"{prefix}.weight"]),
+                       "bias": np.ascontiguousarray(weights[f"{prefix}.bias"])}, str(folder / name),
+                      metadata={"format": "pt"})
+        shipped["heads"] = {
+            "sparse": HEAD_FILES["sparse"], "colbert": HEAD_FILES["colbert"],
+            "read_from": [recipe.heads.sparse_file, recipe.heads.colbert_file],
+            "loader": "safetensors" if recipe.heads.sparse_file.endswith(".safetensors")
+            else "torch.load(weights_only=True)"}
+    return shipped
+
+
+# --- convert ---------------------------------------------------------------------------------------------
+
+
+def convert(source, recipe, variants: list[str], out: Path, step: Step) -> TargetInfo:
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from ...reference import Golden, outputs_with_weights
+
+    check_group_size(source, recipe, variants)
+    config = read_json(source.path / "config.json")
+    build, trunk_weights, predicate = _trunk_module(config.get("model_type"))
+    step("load checkpoint weights")
+    weights = trunk_weights({k: mx.array(v) for k, v in _checkpoint_arrays(source).items()})
+    golden = Golden.load(out) if any(v in BITS for v in variants) else None
+    extras: dict[str, dict[str, Any]] = {}
+    shipped: dict[str, Any] = {}
+    for name in variants:
+        step(f"write {name} ({VARIANTS[name].description})")
+        model = build(config)
+        try:
+            model.load_weights(list(weights.items()), strict=True)
+        except ValueError as e:
+            raise ModelportError(f"checkpoint tensors do not fit the MLX {config['model_type']} trunk: {e}") from e
+        cfg = dict(config)
+        if name == "f16":
+            model.set_dtype(mx.float16)
+            cfg["torch_dtype"] = cfg["dtype"] = "float16"
+        elif name in BITS:
+            nn.quantize(model, group_size=recipe.quant_group_size, bits=BITS[name],
+                        class_predicate=predicate(recipe.quant_group_size))
+            cfg["quantization"] = {"group_size": recipe.quant_group_size, "bits": BITS[name]}
+        mx.eval(model.parameters())
+        folder = out / name
+        copy_model_files(source, recipe, folder)
+        shipped = ship_head_files(source, recipe, folder)  # after: adds truncate_dim, heads, empty module folders
+        write_json(folder / "config.json", cfg)
+        save(model, folder / WEIGHTS)
+        if name in BITS:
+            step(f"reference: PyTorch with {name}'s dequantized weights")
+            arrays = outputs_with_weights(source, recipe, golden, dequantized_weights(model))
+            with open(out / _dequant_path(name), "wb") as f:
+                np.savez_compressed(f, **arrays)
+            extras[name] = {"dequantized_reference": _dequant_path(name), "quantization": cfg["quantization"]}
+    return TargetInfo.of("mlx", recipe.family, variants, VARIANTS, per_variant=extras,
+                         layout="mlx (config.json + model.safetensors + sentence-transformers modules per variant)",
+                         outputs=list(recipe.outputs), head_files=shipped,
+                         head_precision="float32 in every variant (Dense layers, BGE-M3 heads)")
+
+
+# --- load / run ------------------------------------------------------------------------------------------
+
+
+class Embedder:
+    """An MLX embedder folder, loaded: trunk + the folder's sentence-transformers head.
+
+    `model(input_ids, attention_mask)` -> (last_hidden_state, sentence_embedding[, sparse_weights,
+    colbert_vectors]) as MLX arrays, names in `model.outputs`; `model.encode(texts, prompt_name=...)`
+    tokenizes with the folder's tokenizer (its padding side), prepends the named prompt from
+    config_sentence_transformers.json, and returns the sentence embeddings."""
+
+    def __init__(self, folder: Path, trunk, head, config: dict[str, Any]) -> None:
+        self.folder, self.trunk, self.head, self.config = folder, trunk, head, config
+        self.outputs = ("last_hidden_state",) + head.outputs
+        self.prompts = dict(head.contract.prompts)
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None) -> tuple:
+        import mlx.core as mx
+
+        ids = mx.array(input_ids).astype(mx.int32)
+        mask = mx.array(attention_mask).astype(mx.int32)
+        if self.config.get("model_type") in ("bert", "xlm-roberta"):
+            tt = None if token_type_ids is None else mx.array(token_type_ids).astype(mx.int32)
+            hidden = self.trunk(ids, mask, tt)
+        else:
+            hidden = self.trunk(ids, mask)
+        outs = (hidden.astype(mx.float32), *self.head(hidden, ids, mask))
+        mx.eval(*outs)
+        return outs
+
+    def encode(self, texts: list[str], prompt_name: str | None = None, max_length: int | None = None):
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(self.folder)
+        tok.padding_side = self.head.contract.padding_side
+        prompt = self.prompts.get(prompt_name, "") if prompt_name else ""
+        enc = tok([prompt + t for t in texts], padding=True, truncation=True, max_length=max_length,
+                  return_tensors="np")
+        return self(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))[1]
+
+
+def load_model(folder: Path) -> Embedder:
+    """An embedder from one variant folder, as an MLX user loads it (nothing read outside the folder)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from .head import Head
+
+    folder = Path(folder)
+    config = read_json(folder / "config.json")
+    trunk = build_trunk(config)
+    weights = mx.load(str(folder / WEIGHTS))
+    if "quantization" in config:
+        q = config["quantization"]
+        nn.quantize(trunk, group_size=q["group_size"], bits=q["bits"], class_predicate=stored_quantized(weights))
+    trunk.load_weights(list(weights.items()), strict=True)
+    if any(v.dtype == mx.float16 for k, v in weights.items() if not k.endswith((".scales", ".biases"))):
+        trunk.set_dtype(mx.float16)
+    mx.eval(trunk.parameters())
+    return Embedder(folder, trunk, Head.from_folder(folder, int(config["hidden_size"])), config)
+
+
+def load_runner(artifact: Path, variant: str) -> Runner:
+    model = load_model(artifact / variant)
+    # MLX's CPU backend is slow: memoize per input so extra_metrics reuses the validation run.
+    memo: dict[bytes, tuple[np.ndarray, ...]] = {}
+
+    def run(feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+        key = b"".join(feeds[k].astype(np.int64).tobytes() + str(feeds[k].shape).encode() for k in sorted(feeds))
+        if key not in memo:
+            outs = model(feeds["input_ids"].astype(np.int32), feeds["attention_mask"].astype(np.int32),
+                         feeds["token_type_ids"].astype(np.int32) if "token_type_ids" in feeds else None)
+            memo[key] = tuple(np.array(o) for o in outs)
+        return memo[key]
+
+    return run
+
+
+# --- quantized variants: format error and runtime error apart ---------------------------------------------
+
+
+def _real(name: str, mask: np.ndarray) -> np.ndarray:
+    """Which entries of an output are real tokens: token-level outputs by the mask (ColBERT from token 1)."""
+    keep = mask.astype(bool)
+    return {"last_hidden_state": keep, "sparse_weights": keep, "colbert_vectors": keep[:, 1:]}.get(name)
+
+
+def _max_abs(name: str, mask: np.ndarray, ref: np.ndarray, got: np.ndarray) -> float:
+    diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
+    sel = _real(name, mask)
+    return float((diff[sel] if sel is not None else diff).max(initial=0.0))
+
+
+def extra_metrics(artifact: Path, variant: str, run: Runner, golden) -> dict[str, Any]:
+    """Quantized variants: the runtime's error (MLX vs PyTorch running the same dequantized weights, every
+    output on real tokens, gated at DEQUANT_RUNTIME_MAX_ABS) apart from the format's (dequantized PyTorch
+    vs fp32 PyTorch)."""
+    if variant not in BITS:
+        return {}
+    names = golden.meta["outputs"]
+    with np.load(artifact / _dequant_path(variant)) as z:
+        deq = {k: z[k] for k in z.files}
+    runtime = {n: 0.0 for n in names}
+    fmt = {n: 0.0 for n in names}
+    cos: list[float] = []
+    for case in golden.cases:
+        cname = case["name"]
+        feeds = golden.inputs(cname)
+        outs = run(feeds)
+        for n, got in zip(names, outs):
+            ref = deq[f"{cname}/{n}"]
+            runtime[n] = max(runtime[n], _max_abs(n, feeds["attention_mask"], ref, got))
+            fmt[n] = max(fmt[n], _max_abs(n, feeds["attention_mask"], golden.output(cname, n), ref))
+        cos += cosine_rows(golden.output(cname, "sentence_embedding"), deq[f"{cname}/sentence_embedding"]).tolist()
+    result: dict[str, Any] = {
+        "dequantized_reference": {
+            "runtime_vs_dequantized_pytorch": {**{f"{n}_max_abs": v for n, v in runtime.items()},
+                                               "tokens_max_abs": runtime["last_hidden_state"],
+                                               "pooled_max_abs": runtime["sentence_embedding"],
+                                               "gate_max_abs": DEQUANT_RUNTIME_MAX_ABS},
+            "format_vs_fp32_pytorch": {"cos_min": float(np.min(cos)), "cos_mean": float(np.mean(cos)),
+                                       **{f"{n}_max_abs": v for n, v in fmt.items()},
+                                       "tokens_max_abs": fmt["last_hidden_state"]},
+        },
+        "failures": [],
+    }
+    worst_name = max(runtime, key=runtime.get)
+    if runtime[worst_name] > DEQUANT_RUNTIME_MAX_ABS:
+        result["failures"].append(
+            f"MLX differs from PyTorch running the same dequantized weights by {runtime[worst_name]:.3g} on "
+            f"{worst_name} > {DEQUANT_RUNTIME_MAX_ABS:g}: a runtime error, not quantization error")
+    return result
+
+
+class MLXEmbedderSession(MLXSession):
+    def runner(self, variant: str) -> Runner:
+        return load_runner(self.root, variant)
+
+    def extra_metrics(self, variant: str, runner: Runner, golden) -> dict[str, Any]:
+        return extra_metrics(self.root, variant, runner, golden)
+
+
+@register
+class MLXDecoderEmbedder(MLXConverter):
+    """Qwen3-Embedding, EmbeddingGemma -> one MLX folder per variant: the trunk's safetensors plus the
+    sentence-transformers modules (Pooling, Dense, Normalize, prompts) the head is computed from."""
+
+    family = DECODER_EMBEDDER_FAMILY.name
+    variants = VARIANTS
+    defaults = DEFAULT_VARIANTS
+    Options = NoOptions
+
+    def convert(self, ctx: ConvertContext) -> TargetInfo:
+        return convert(ctx.source, ctx.recipe, ctx.variants, ctx.out, ctx.step)
+
+    def open(self, artifact: Path) -> MLXEmbedderSession:
+        return MLXEmbedderSession(artifact)
+
+
+@register
+class MLXMultiVector(MLXDecoderEmbedder):
+    """BGE-M3 -> the same folders, with sparse_linear/colbert_linear as safetensors next to the weights;
+    the runner returns dense, sparse and ColBERT outputs."""
+
+    family = MULTI_VECTOR_FAMILY.name
