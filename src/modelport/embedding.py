@@ -179,6 +179,7 @@ def read_contract(model_dir: Path, hidden_size: int) -> EmbeddingContract | None
     modules = read_json(modules_path)
     pooling: str | None = None
     normalize = False
+    last_normalize = 0  # how many Dense layers came before the Normalize module
     dense: list[DenseLayer] = []
     for module in modules:
         kind = str(module.get("type", ""))
@@ -190,6 +191,7 @@ def read_contract(model_dir: Path, hidden_size: int) -> EmbeddingContract | None
             pooling = _pooling_mode(cfg_path)
         elif kind.endswith(".Normalize"):
             normalize = True
+            last_normalize = len(dense)
         elif kind.endswith(".Dense"):
             if pooling is None:
                 raise ModelportError(f"{modules_path}: a Dense module before the Pooling module (token-level "
@@ -202,6 +204,9 @@ def read_contract(model_dir: Path, hidden_size: int) -> EmbeddingContract | None
                                  f"Pooling, Dense, Normalize)")
     if pooling is None:
         return None
+    if normalize and last_normalize != len(dense):  # the graph normalizes after the last Dense layer
+        raise ModelportError(f"{modules_path}: a Normalize module before a Dense module is not supported "
+                             f"(the exported head normalizes last)")
     width = hidden_size
     for layer in dense:
         if layer.in_features != width:
@@ -313,7 +318,11 @@ def special_ids(model_dir: Path, roles: tuple[str, ...]) -> tuple[int, ...]:
     for file in ("special_tokens_map.json", "tokenizer_config.json"):
         if (model_dir / file).is_file():
             names.update({k: v for k, v in read_json(model_dir / file).items() if k in roles and v})
-    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    try:
+        tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    except Exception as e:  # missing or unreadable: one line, as every other checkpoint file
+        raise ModelportError(f"{model_dir}: BGE-M3-style heads need tokenizer.json to know the special tokens "
+                             f"whose sparse weight is dropped ({str(e).splitlines()[0][:120]})") from None
     ids = set()
     for role, value in names.items():
         text = value.get("content") if isinstance(value, dict) else value
@@ -357,6 +366,8 @@ def head_weights(model_dir: Path, heads: MultiVectorHeads) -> dict[str, np.ndarr
                 (rows is not None and weight.shape[0] != rows):
             raise ModelportError(f"{model_dir / name}: weight {None if weight is None else weight.shape} does not fit "
                                  f"a Linear({heads.hidden_size}, {rows or 'D'})")
+        if bias is not None and bias.shape != (weight.shape[0],):
+            raise ModelportError(f"{model_dir / name}: bias {bias.shape} does not fit weight {weight.shape}")
         out[f"{prefix}.weight"] = weight
         out[f"{prefix}.bias"] = bias if bias is not None else np.zeros(weight.shape[0], np.float32)
     return out

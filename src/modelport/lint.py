@@ -104,6 +104,40 @@ def tokenizer_truncation(model_dir: Path, config: dict[str, Any], recipe: Recipe
     return []
 
 
+def tokenizer_file_differs(model_dir: Path, config: dict[str, Any], recipe: Recipe) -> list[Finding]:
+    """tokenizer.json is what every on-device client runs (transformers.js, swift-transformers, the
+    `tokenizers` MLX users load); the golden is tokenized by transformers, whose tokenizer class can
+    replace parts of the file when it loads (Qwen2Tokenizer installs Qwen's digit-by-digit pre-tokenizer
+    whatever the file says). Found on a Qwen3-Embedding tokenizer whose file kept GPT-2's regex:
+    " 12345" gave different ids in transformers.js, and the client check failed on that text."""
+    from transformers import AutoTokenizer
+    from tokenizers import Tokenizer
+
+    from .validation_set import TEXTS
+
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        return []
+    try:
+        python, file = AutoTokenizer.from_pretrained(model_dir), Tokenizer.from_file(str(path))
+    except Exception:  # a tokenizer that does not load is reported by the checks that need it
+        return []
+    file.no_truncation()  # length limits are checked elsewhere (tokenizer-truncation): compare the splitting
+    file.no_padding()
+    python.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
+    for text in (t.rstrip() for t in TEXTS):  # as the golden runs them (validation_set.fit strips the end)
+        a, b = list(python(text)["input_ids"]), file.encode(text).ids
+        if a != b:
+            at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            return [Finding(
+                "tokenizer-file-differs", "warning",
+                f"tokenizer.json does not tokenize as transformers' {type(python).__name__} does: {text[:40]!r} "
+                f"differs from token {at} ({a[at:at + 6]} vs the file's {b[at:at + 6]}): clients run the file, the "
+                "golden runs transformers, so client checks will report token-id mismatches; fix the file's "
+                "pre_tokenizer / normalizer")]
+    return []
+
+
 def cls_pooling_special_tokens(model_dir: Path, config: dict[str, Any], recipe: Recipe) -> list[Finding]:
     tok = _tokenizer_json(model_dir)
     if recipe.pooling != "cls" or not tok or tok.get("post_processor"):
@@ -161,6 +195,7 @@ RULES: tuple[Rule, ...] = (
     Rule("tokenizer-fixed-padding", ALL_TARGETS, tokenizer_fixed_padding, ALL_FAMILIES),
     Rule("tokenizer-truncation", ALL_TARGETS, tokenizer_truncation),
     Rule("cls-pooling-without-special-tokens", ALL_TARGETS, cls_pooling_special_tokens),
+    Rule("tokenizer-file-differs", ALL_TARGETS, tokenizer_file_differs),
     # decoders: the artifact is right (ONNX/Core ML trace transformers 5; MLX writes the top-level
     # rope_theta/rope_scaling mlx-lm reads), but the checkpoint misleads transformers-4-era readers
     Rule("rope-parameters-only", ("onnx", "coreml", "mlx"), decoder_rope_parameters_only, (CAUSAL_LM,)),

@@ -424,9 +424,10 @@ def recipe_for(model_dir: Path, config: dict[str, Any], truncate_dim: int | None
     contract = read_contract(model_dir, hidden)
     notes: list[str] = []
     if contract is None:
-        if arch.is_decoder:
-            raise ModelportError(f"{model_dir}: no sentence-transformers Pooling module: a {arch.model_type} "
-                                 f"checkpoint without one is converted as a text generator")
+        if family == DECODER_EMBEDDER:  # a decoder trunk has no pooling to guess (Gemma 3 1B is a text LLM)
+            raise ModelportError(f"{model_dir}: no sentence-transformers Pooling module (modules.json): a "
+                                 f"{arch.model_type} checkpoint is converted as an embedder only with one "
+                                 f"(EmbeddingGemma ships it); {arch.model_type} text generation is not supported")
         contract = EmbeddingContract(arch.default_pooling, True, padding_side=padding_side(model_dir),
                                      source="architecture-default")
         notes.append(f"no sentence-transformers pooling config: using {arch.default_pooling} pooling + L2 normalize")

@@ -105,10 +105,13 @@ def make_encoder(hf_model: "torch.nn.Module", recipe: "Recipe", source_dir: Path
 
 def apply_model_fixes(hf_model: "torch.nn.Module", recipe: "Recipe") -> list[str]:
     """Every quirk's rewrite of the PyTorch model (recipes.Quirk.model_fix), once per model."""
-    if getattr(hf_model, "_modelport_fixed", False):
+    done = getattr(hf_model, "_modelport_fixed", None)  # our own marker on the model object
+    if done is not None:
+        if done != recipe.max_length:
+            raise ValueError(f"model already fixed for {done} positions, not {recipe.max_length}: load it again")
         return []
     notes = [n for q in recipe.quirks if q.model_fix for n in q.model_fix(hf_model, recipe)]
-    hf_model._modelport_fixed = True
+    hf_model._modelport_fixed = recipe.max_length
     return notes
 
 
@@ -248,8 +251,9 @@ def make_additive_mask_encoder(hf_model: "torch.nn.Module", recipe: "Recipe",
 
     head = EmbeddingHead(recipe, source_dir)
     apply_model_fixes(hf_model, recipe)  # as make_encoder (the golden's): e.g. rope-tables
-    # recipes.DECODER_EMBEDDER, spelled out: recipes imports this module (no import cycle)
-    masks = decoder_attention_masks(hf_model.config) if recipe.family == "decoder-embedder" else None
+    from .recipes import DECODER_EMBEDDER
+
+    masks = decoder_attention_masks(hf_model.config) if recipe.family == DECODER_EMBEDDER else None
 
     class AdditiveMaskEncoder(torch.nn.Module):
         def __init__(self) -> None:

@@ -4,6 +4,7 @@ computes (pooling on either padding side, Dense, normalize, truncation; BGE-M3's
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -68,6 +69,7 @@ def test_embeddinggemma_style_contract_reads_dense_in_order(tmp_path: Path) -> N
     ("module", "module 'sentence_transformers.models.LayerNorm' is not supported"),
     ("max_pooling", "unsupported pooling"),
     ("default_prompt", "default_prompt_name 'web' is not one of its prompts"),
+    ("normalize_first", "a Normalize module before a Dense module"),
 ])
 def test_a_contract_no_graph_carries_is_refused_in_one_line(tmp_path: Path, case: str, message: str) -> None:
     pooling = {"pooling_mode_mean_tokens": True}
@@ -82,7 +84,16 @@ def test_a_contract_no_graph_carries_is_refused_in_one_line(tmp_path: Path, case
         kwargs["extra_modules"] = [{"idx": 5, "name": "5", "path": "5_LN", "type": "sentence_transformers.models.LayerNorm"}]
     elif case == "max_pooling":
         pooling = {"pooling_mode_max_tokens": True}
+    elif case == "normalize_first":
+        kwargs["normalize"] = False
+        kwargs["extra_modules"] = [{"idx": 5, "name": "5", "path": "5_Normalize",
+                                    "type": "sentence_transformers.models.Normalize"}]
     d = st_dir(tmp_path, pooling, **kwargs)
+    if case == "normalize_first":  # Pooling, Normalize, Dense
+        modules = json.loads((d / "modules.json").read_text())
+        write_json(d / "2_Dense" / "config.json", dense_cfg(H, H))
+        modules.append({"idx": 6, "name": "6", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+        write_json(d / "modules.json", modules)
     if case == "default_prompt":
         write_json(d / "config_sentence_transformers.json", {"prompts": {"query": "q: "}, "default_prompt_name": "web"})
     with pytest.raises(ModelportError, match=message) as err:
@@ -161,3 +172,31 @@ def test_last_token_pooling_matches_sentence_transformers_on_either_padding_side
     ours = pool(hidden, mask, recipe)
     theirs = Pooling(H, pooling_mode="lasttoken")({"token_embeddings": hidden, "attention_mask": mask})
     assert torch.equal(ours, theirs["sentence_embedding"])
+
+
+def test_a_gemma3_text_checkpoint_without_pooling_is_refused_not_guessed(tmp_path: Path) -> None:
+    """Gemma 3 1B (a text LLM) is gemma3_text too: without a Pooling module there is nothing to embed with."""
+    from modelport.recipes import recipe_for
+
+    config = {"model_type": "gemma3_text", "hidden_size": H, "max_position_embeddings": 64}
+    write_json(tmp_path / "config.json", config)
+    with pytest.raises(ModelportError, match="converted as an embedder only with one"):
+        recipe_for(tmp_path, config)
+
+
+@pytest.mark.parametrize("contract, refused", [
+    (EmbeddingContract("last_token", True), "last-token pooling"),
+    (EmbeddingContract("mean", True, truncate_dim=4), "--truncate-dim 4"),
+    (EmbeddingContract("cls", True), None),
+])
+def test_mlc_refuses_a_head_webllm_would_drop(contract: EmbeddingContract, refused: str | None) -> None:
+    from modelport.recipes import ARCHITECTURES, Recipe
+    from modelport.targets import REGISTRY
+
+    recipe = Recipe(ARCHITECTURES["bert"], contract.pooling, True, 32, H, "sentence-transformers", contract=contract)
+    converter = REGISTRY.converter("mlc", "sentence-encoder")
+    if refused is None:
+        assert converter.adapt_recipe(recipe, None) is recipe
+    else:
+        with pytest.raises(ModelportError, match=f"cannot carry this model's {refused}"):
+            converter.adapt_recipe(recipe, None)

@@ -74,3 +74,25 @@ def test_cls_pooling_needs_a_leading_special_token(tmp_path: Path) -> None:
     write_tokenizer(tmp_path, post_processor=None)
     assert rules(lint.run(tmp_path, {}, recipe("cls"), "coreml")) == [("cls-pooling-without-special-tokens", "error")]
     assert lint.run(tmp_path, {}, recipe("mean"), "coreml") == []
+
+
+def test_tokenizer_file_that_transformers_overrides_is_named(tmp_path: Path) -> None:
+    """Qwen2Tokenizer installs Qwen's digit-by-digit pre-tokenizer whatever tokenizer.json says; clients
+    run the file. A file with GPT-2's regex (how the tiny Qwen3-Embedding was first built) is named."""
+    import json
+    import shutil
+
+    from modelport import tiny
+    from modelport.fsutil import read_json
+    from modelport.lint import tokenizer_file_differs
+    from modelport.recipes import recipe_for
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny.materialize("tiny-qwen3-embedding"), model)
+    config = read_json(model / "config.json")
+    assert tokenizer_file_differs(model, config, recipe_for(model, config)) == []
+    tok = json.loads((model / "tokenizer.json").read_text())
+    tok["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    (model / "tokenizer.json").write_text(json.dumps(tok))
+    [finding] = tokenizer_file_differs(model, config, recipe_for(model, config))
+    assert finding.severity == "warning" and "Qwen2Tokenizer" in finding.message and "12345" in finding.message

@@ -400,6 +400,19 @@ class MLCEncoder(Converter):
     requires = ("torch", "transformers", "tvm")
     runtime_requires = ()  # Node and Chromium run the libraries: the validator needs no TVM
 
+    def adapt_recipe(self, recipe: Any, options: Any) -> Any:
+        """WebLLM's embedding pipeline pools and normalizes in its own code (CLS or mean, L2): a
+        contract beyond that (Dense layers, last-token pooling, a truncation) would be dropped."""
+        head = recipe.head
+        beyond = [what for what, on in (("Dense layers", bool(head.dense)), ("last-token pooling",
+                  head.pooling == "last_token"), (f"--truncate-dim {head.truncate_dim}", bool(head.truncate_dim)))
+                  if on]
+        if beyond:
+            raise ModelportError(f"the mlc target cannot carry this model's {' and '.join(beyond)}: WebLLM's embedding "
+                                 f"pipeline applies only CLS or mean pooling and L2 normalization (use -t onnx for "
+                                 f"the browser)")
+        return recipe
+
     def convert(self, ctx: ConvertContext) -> TargetInfo:
         return convert(ctx.source, ctx.recipe, ctx.variants, ctx.out, ctx.step)
 

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ...errors import ModelportError
+from ...fsutil import read_json, write_json
 from ..registry import ArtifactSession, Converter, Variant
 
 BITS = {"q8": 8, "q4": 4}
@@ -140,3 +141,46 @@ class MLXConverter(Converter):
         from .weights import weight_tensors
 
         return weight_tensors(artifact, self.variants[variant].path)
+
+
+# --- the sentence-transformers head files every embedder folder carries ----------------------------
+HEAD_FILES = {"sparse": "sparse_linear.safetensors", "colbert": "colbert_linear.safetensors"}
+
+
+def ship_head_files(source, recipe, folder: Path) -> dict[str, Any]:
+    """Every sentence-transformers module folder modules.json names (Pooling, Dense with weights,
+    Normalize, empty folders included), config_sentence_transformers.json (prompts; plus `truncate_dim`
+    when the conversion truncates), and BGE-M3's heads as safetensors. Runs after
+    `layout.copy_model_files` (which copies the module files too). Returns what was written."""
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    from ...embedding import head_weights
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shipped: dict[str, Any] = {"modules": []}
+    for module in read_json(source.path / "modules.json"):
+        rel = str(module.get("path", ""))
+        if rel and (source.path / rel).is_dir():
+            shutil.copytree(source.path / rel, folder / rel, dirs_exist_ok=True)
+            shipped["modules"].append(rel)
+    st_cfg_path = source.path / "config_sentence_transformers.json"
+    st_cfg = read_json(st_cfg_path) if st_cfg_path.is_file() else {}
+    if recipe.head.truncate_dim:
+        st_cfg["truncate_dim"] = recipe.head.truncate_dim
+    if st_cfg:
+        write_json(folder / "config_sentence_transformers.json", st_cfg)
+        shipped["config_sentence_transformers"] = True
+    if recipe.heads is not None:
+        weights = head_weights(source.path, recipe.heads)
+        for prefix, name in HEAD_FILES.items():
+            save_file({"weight": np.ascontiguousarray(weights[f"{prefix}.weight"]),
+                       "bias": np.ascontiguousarray(weights[f"{prefix}.bias"])}, str(folder / name),
+                      metadata={"format": "pt"})
+        shipped["heads"] = {
+            "sparse": HEAD_FILES["sparse"], "colbert": HEAD_FILES["colbert"],
+            "read_from": [recipe.heads.sparse_file, recipe.heads.colbert_file],
+            "loader": "safetensors" if recipe.heads.sparse_file.endswith(".safetensors")
+            else "torch.load(weights_only=True)"}
+    return shipped

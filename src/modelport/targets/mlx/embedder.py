@@ -37,8 +37,9 @@ from ...metrics import cosine_rows
 from ...recipes import ARCHITECTURES
 from ...thresholds import DEQUANT_RUNTIME_MAX_ABS
 from ..registry import ConvertContext, NoOptions, register
-from .common import (BITS, WEIGHTS, MLXConverter, MLXSession, Step, check_group_size, dequantized_weights,
-                     encoder_quantizable, lm_quantizable, save, stored_quantized, variant_table)
+from .common import (BITS, HEAD_FILES, WEIGHTS, MLXConverter, MLXSession, Step, check_group_size,
+                     dequantized_weights, encoder_quantizable, lm_quantizable, save, ship_head_files,
+                     stored_quantized, variant_table)
 
 __all__ = ["VARIANTS", "DEFAULT_VARIANTS", "MLXDecoderEmbedder", "MLXMultiVector", "Embedder", "convert",
            "load_model", "load_runner"]
@@ -47,7 +48,6 @@ VARIANTS = variant_table(
     f16="float16 trunk weights and compute (head float32)",
     quantized="trunk Linear layers + embedding table; Dense layers and heads float32")
 DEFAULT_VARIANTS = tuple(VARIANTS)
-HEAD_FILES = {"sparse": "sparse_linear.safetensors", "colbert": "colbert_linear.safetensors"}
 
 Runner = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, ...]]
 
@@ -92,43 +92,6 @@ def _checkpoint_arrays(source) -> dict[str, np.ndarray]:
 
 
 # --- the folder's sentence-transformers files ------------------------------------------------------------
-
-
-def ship_head_files(source, recipe, folder: Path) -> dict[str, Any]:
-    """Every sentence-transformers module folder modules.json names (Pooling, Dense with weights,
-    Normalize, empty folders included), config_sentence_transformers.json (prompts; plus `truncate_dim`
-    when the conversion truncates), and BGE-M3's heads as safetensors. Runs after
-    `layout.copy_model_files` (which copies the module files too). Returns what was written."""
-    from safetensors.numpy import save_file
-
-    from ...embedding import head_weights
-
-    folder.mkdir(parents=True, exist_ok=True)
-    shipped: dict[str, Any] = {"modules": []}
-    for module in read_json(source.path / "modules.json"):
-        rel = str(module.get("path", ""))
-        if rel and (source.path / rel).is_dir():
-            shutil.copytree(source.path / rel, folder / rel, dirs_exist_ok=True)
-            shipped["modules"].append(rel)
-    st_cfg_path = source.path / "config_sentence_transformers.json"
-    st_cfg = read_json(st_cfg_path) if st_cfg_path.is_file() else {}
-    if recipe.head.truncate_dim:
-        st_cfg["truncate_dim"] = recipe.head.truncate_dim
-    if st_cfg:
-        write_json(folder / "config_sentence_transformers.json", st_cfg)
-        shipped["config_sentence_transformers"] = True
-    if recipe.heads is not None:
-        weights = head_weights(source.path, recipe.heads)
-        for prefix, name in HEAD_FILES.items():
-            save_file({"weight": np.ascontiguousarray(weights[f"{prefix}.weight"]),
-                       "bias": np.ascontiguousarray(weights[f"{prefix}.bias"])}, str(folder / name),
-                      metadata={"format": "pt"})
-        shipped["heads"] = {
-            "sparse": HEAD_FILES["sparse"], "colbert": HEAD_FILES["colbert"],
-            "read_from": [recipe.heads.sparse_file, recipe.heads.colbert_file],
-            "loader": "safetensors" if recipe.heads.sparse_file.endswith(".safetensors")
-            else "torch.load(weights_only=True)"}
-    return shipped
 
 
 # --- convert ---------------------------------------------------------------------------------------------
@@ -216,7 +179,11 @@ class Embedder:
 
         tok = AutoTokenizer.from_pretrained(self.folder)
         tok.padding_side = self.head.contract.padding_side
-        prompt = self.prompts.get(prompt_name, "") if prompt_name else ""
+        # as sentence-transformers: an unknown name is an error, no name means default_prompt_name
+        name = prompt_name if prompt_name is not None else self.head.contract.default_prompt_name
+        if name is not None and name not in self.prompts:
+            raise ValueError(f"prompt {name!r} is not one of this model's prompts: {', '.join(self.prompts) or 'none'}")
+        prompt = self.prompts[name] if name is not None else ""
         enc = tok([prompt + t for t in texts], padding=True, truncation=True, max_length=max_length,
                   return_tensors="np")
         return self(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))[1]

@@ -37,11 +37,11 @@ from ...fsutil import read_json, write_json
 from ...layout import copy_model_files
 from ...manifest import TargetInfo
 from ...metrics import case_diff
-from ...recipes import ARCHITECTURES, read_pooling
+from ...recipes import ARCHITECTURES
 from ...thresholds import DEQUANT_RUNTIME_MAX_ABS
 from ..registry import ConvertContext, NoOptions, register
 from .common import (BITS, WEIGHTS, MLXConverter, MLXSession, Step, check_group_size, dequantized_weights,
-                     encoder_quantizable, save, stored_quantized, variant_table)
+                     encoder_quantizable, save, ship_head_files, stored_quantized, variant_table)
 
 __all__ = ["DEFAULT_VARIANTS", "VARIANTS", "MLXEncoder", "convert", "dequantized_weights", "extra_metrics",
            "load_model", "load_runner"]
@@ -109,6 +109,8 @@ def convert(source, recipe, variants: list[str], out: Path, step: Step) -> Targe
         mx.eval(model.parameters())
         folder = out / name
         copy_model_files(source, recipe, folder)
+        if (source.path / "modules.json").is_file():  # Dense folders, prompts, truncate_dim: what Head reads
+            ship_head_files(source, recipe, folder)
         write_json(folder / "config.json", cfg)
         save(model, folder / WEIGHTS)
         if name in BITS:
@@ -143,13 +145,13 @@ def load_model(folder: Path):
 def load_runner(artifact: Path, variant: str) -> EncoderRunner:
     import mlx.core as mx
 
+    from .head import Head
+
     folder = artifact / variant
     model = load_model(folder)
-    # Pool the way the shipped folder says (this also proves the pooling config was carried over).
-    pooled_cfg = read_pooling(folder)
-    if pooled_cfg is None:
-        raise ModelportError(f"{folder} has no sentence-transformers pooling config")
-    pooling, normalize = pooled_cfg
+    # The head the shipped folder describes (pooling, Dense layers, normalize, truncation): this also
+    # proves the sentence-transformers files were carried over.
+    head = Head.from_folder(folder, int(read_json(folder / "config.json")["hidden_size"]))
     # MLX's CPU backend uses reference BLAS (~1 GFLOP/s): results are memoized per input so the
     # dequantized-weights comparison (extra_metrics) reuses the validation run instead of redoing it.
     memo: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
@@ -165,13 +167,7 @@ def load_runner(artifact: Path, variant: str) -> EncoderRunner:
         mask = mx.array(feeds["attention_mask"].astype(np.int32))
         tt = mx.array(feeds["token_type_ids"].astype(np.int32)) if "token_type_ids" in feeds else None
         hidden = model(ids, mask, tt).astype(mx.float32)
-        if pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            m = mask.astype(mx.float32)[..., None]
-            pooled = (hidden * m).sum(axis=1) / mx.maximum(m.sum(axis=1), 1e-9)
-        if normalize:
-            pooled = pooled / mx.maximum(mx.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+        pooled = head(hidden, ids, mask)[0]
         mx.eval(hidden, pooled)
         return np.array(hidden), np.array(pooled)
 
