@@ -122,3 +122,12 @@ def test_multi_vector_gates_hold_on_a_bge_m3_of_another_seed(tmp_path: Path) -> 
     report = validate(out)
     assert report.passed, [f for r in report.results for f in r.failures]
     assert {r.variant for r in report.results} == {"fp32", "fp16", "q8", "uint8", "q4", "q4f16"}
+
+
+def test_a_sentence_encoder_truncated_on_mlx_ships_what_the_golden_computed(tmp_path: Path) -> None:
+    """The MLX sentence-encoder runner reads the shipped head (targets/mlx/head.py): a truncation (or Dense
+    layers, or last-token pooling) on a BERT model is computed, not dropped."""
+    out = tmp_path / "arctic-mlx-64"
+    assert convert("tiny-bert-arctic", "--target", "mlx", "--variants", "f32", "--truncate-dim", "64",
+                   "--out", str(out)) == 0
+    assert Golden.load(out).output("text00", "sentence_embedding").shape == (1, 64)

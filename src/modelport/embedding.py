@@ -336,6 +336,16 @@ def special_ids(model_dir: Path, roles: tuple[str, ...]) -> tuple[int, ...]:
 # --- what clients do with the multi-vector outputs ------------------------------------------------------
 
 
+def real_tokens(output: str, attention_mask: np.ndarray) -> np.ndarray | None:
+    """Which entries of a graph output belong to real tokens, as a boolean index over its token axis
+    (the mask's shape, [seq] or [batch, seq]): token-level outputs by the mask, ColBERT vectors from
+    token 1 (BGE-M3 drops CLS); None for a sentence-level output. Every comparison of these outputs
+    (validator, MLX runtime check, real clients) selects them here."""
+    keep = attention_mask.astype(bool)
+    return {"last_hidden_state": keep, "sparse_weights": keep, "colbert_vectors": keep[..., 1:]}.get(output)
+
+
+
 def lexical_weights(input_ids: np.ndarray, weights: np.ndarray) -> dict[int, float]:
     """BGE-M3's sparse embedding of one text: the max weight per token id, ids with weight 0 dropped."""
     out: dict[int, float] = {}

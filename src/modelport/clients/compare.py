@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..embedding import lexical_weights
+from ..embedding import lexical_weights, real_tokens
 from ..multivector import GATED, LexicalTally, gate_failures, lexical_scale, maxsim_figures
 from ..metrics import CaseDiff, Metrics, cosine_rows, summarize, topk_agreement
 from ..reference import NO_PROMPT, Golden, sentence_embeddings
@@ -191,9 +191,8 @@ def ort_feeds(out: CaseOutput) -> dict[str, np.ndarray]:
 
 
 def _real_rows(value: np.ndarray, mask: np.ndarray, name: str) -> np.ndarray:
-    """One row's values on its real tokens: [seq(, dim)] -> [real(, dim)]; ColBERT vectors skip token 0."""
-    keep = mask.astype(bool)
-    return value[keep[1:]] if name == "colbert_vectors" else value[keep]
+    """One row's values on its real tokens: [seq(, dim)] -> [real(, dim)] (embedding.real_tokens)."""
+    return value[real_tokens(name, mask)]
 
 
 def vs_runner(outputs: dict[str, CaseOutput], run: Runner, names: list[str] | None = None) -> dict[str, float]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..embedding import lexical_weights
+from ..embedding import lexical_weights, real_tokens
 from ..metrics import Metrics
 from ..multivector import MULTI_GATES, LexicalTally, gate_failures, lexical_scale, maxsim_figures
 from ..recipes import MULTI_VECTOR
@@ -66,14 +66,16 @@ def multi_metrics(golden: Golden, outputs: dict[str, tuple[np.ndarray, ...]], de
         _, _, sparse, colbert = outputs[name]
         ref_sparse = golden.output(name, "sparse_weights")
         ref_colbert = golden.output(name, "colbert_vectors")
-        sparse_abs = max(sparse_abs, float(np.abs(sparse - ref_sparse)[mask].max()))
-        colbert_abs = max(colbert_abs, float(np.abs(colbert - ref_colbert)[mask[:, 1:]].max(initial=0.0)))
+        sparse_abs = max(sparse_abs, float(np.abs(sparse - ref_sparse)[real_tokens("sparse_weights", mask)].max()))
+        colbert_abs = max(colbert_abs, float(np.abs(colbert - ref_colbert)[real_tokens("colbert_vectors", mask)]
+                                             .max(initial=0.0)))
         for row, ids in enumerate(feeds["input_ids"]):
             keep = mask[row]
             tally.add(lexical_weights(ids[keep], ref_sparse[row][keep]), lexical_weights(ids[keep], sparse[row][keep]))
         if not case["batched"]:
-            vectors[case["text_ids"][0]] = colbert[0][mask[0, 1:]]
-            ref_vectors[case["text_ids"][0]] = ref_colbert[0][mask[0, 1:]]
+            keep = real_tokens("colbert_vectors", mask[0])
+            vectors[case["text_ids"][0]] = colbert[0][keep]
+            ref_vectors[case["text_ids"][0]] = ref_colbert[0][keep]
     lexical = tally.figures(lexical_scale(golden))
     scores = maxsim_figures(ref_vectors, vectors, golden.meta["query_ids"], golden.meta["corpus_ids"])
     return MultiVectorMetrics(dense, sparse_abs, colbert_abs, lexical.get("terms_min", 1.0),

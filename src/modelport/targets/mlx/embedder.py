@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ...embedding import real_tokens
 from ...errors import ModelportError
 from ...families import DECODER_EMBEDDER_FAMILY, MULTI_VECTOR_FAMILY
 from ...fsutil import read_json, write_json
@@ -229,15 +230,9 @@ def load_runner(artifact: Path, variant: str) -> Runner:
 # --- quantized variants: format error and runtime error apart ---------------------------------------------
 
 
-def _real(name: str, mask: np.ndarray) -> np.ndarray:
-    """Which entries of an output are real tokens: token-level outputs by the mask (ColBERT from token 1)."""
-    keep = mask.astype(bool)
-    return {"last_hidden_state": keep, "sparse_weights": keep, "colbert_vectors": keep[:, 1:]}.get(name)
-
-
 def _max_abs(name: str, mask: np.ndarray, ref: np.ndarray, got: np.ndarray) -> float:
     diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
-    sel = _real(name, mask)
+    sel = real_tokens(name, mask)
     return float((diff[sel] if sel is not None else diff).max(initial=0.0))
 
 
