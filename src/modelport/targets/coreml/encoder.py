@@ -364,8 +364,9 @@ def describe(mlmodel, source, recipe, plan: ShapePlan, card: ModelCard, pad_toke
     from ... import __version__
 
     seq = "S" if plan.mode != "fixed" else str(plan.lengths[0])
-    what = {"sentence-encoder": "sentence encoder", "decoder-embedder": "embedding model",
-            "multi-vector-encoder": "dense + sparse + ColBERT embedding model"}.get(recipe.family, "embedding model")
+    from ...families import get as family
+
+    what = family(recipe.family).what
     mlmodel.author = card.author or "not stated in the model card"
     mlmodel.license = card.license or "not stated in the model card"
     mlmodel.version = source.revision or ""
