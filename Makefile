@@ -190,7 +190,7 @@ test-native: setup ## integration tier: real conversions, runtimes and clients, 
 test-docker: setup ## Docker tier: engine, base, images, `make webgpu` end to end, reproducibility
 	scripts/tier.sh docker env MODELPORT_DOCKER_TESTS=1 $(PYTEST) tests/docker
 
-test-slow: setup ## slow tier, not in CI (~1 h on 2 cores): full-shape Qwen3-Embedding-0.6B, EmbeddingGemma-300M and BGE-M3 to ONNX (validated) and MLX (conversion only: MLX's CPU BLAS would take hours to validate)
+test-slow: setup ## slow tier, not in CI (~35 min on 2 cores): full-shape Qwen3-Embedding-0.6B, EmbeddingGemma-300M and BGE-M3 to ONNX (validated) and MLX (conversion only: MLX's CPU BLAS would take hours to validate)
 	scripts/tier.sh slow sh -c '.venv/bin/python benchmarks/embed_scale.py --targets onnx && .venv/bin/python benchmarks/embed_scale.py --targets mlx --skip-validation'
 
 # Prerequisites run in this order (setup once), and make stops at the first tier that fails.
