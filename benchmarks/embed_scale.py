@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lm_scale import _tree_rss, disk_bytes, param_count  # noqa: E402  (one RSS sampler for both benchmarks)
+from lm_scale import disk_bytes, measure, param_count  # noqa: E402  (one measuring run for both benchmarks)
 
 MODELS = ("qwen3-embedding-0.6b-shape", "embeddinggemma-300m-shape", "bge-m3-shape")
 VARIANTS = {"onnx": "fp32,q8", "mlx": "f32,q4", "coreml": "fp32,w8"}
@@ -38,31 +34,14 @@ def run(model_dir: Path, name: str, target: str, out: Path, skip_validation: boo
     log = out.parent / f"{out.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"\n== {name} -> {target}: {' '.join(cmd[1:])}  (log: {log})", flush=True)
-    peak_tree, done = 0, threading.Event()
-    with open(log, "w") as fh:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
-
-        def sample() -> None:
-            nonlocal peak_tree
-            while not done.is_set():
-                peak_tree = max(peak_tree, _tree_rss(proc.pid))
-                done.wait(0.1)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        done.set()
-        sampler.join()
-    rc = os.waitstatus_to_exitcode(status)
+    rc, wall, rss1, rss_tree = measure(cmd, log)
     verdict = "-"
     if (out / "manifest.json").is_file():
         man = json.loads((out / "manifest.json").read_text())
         verdict = str(man.get("validation", {}).get("status", "not validated"))
     row = {"model": name, "target": target, "variants": VARIANTS[target], "rc": rc, "verdict": verdict,
-           "wall_s": wall, "rss1_gb": usage.ru_maxrss * 1024 / 1e9,
-           "rss_tree_gb": max(peak_tree, usage.ru_maxrss * 1024) / 1e9, "artifact_mb": disk_bytes(out) / 1e6}
+           "wall_s": wall, "rss1_gb": rss1 / 1e9, "rss_tree_gb": max(rss_tree, rss1) / 1e9,
+           "artifact_mb": disk_bytes(out) / 1e6}
     tail = log.read_text(errors="replace").strip().splitlines()[-2:]
     print("   " + "\n   ".join(tail), flush=True)
     print(f"   -> exit {rc}, {verdict}, {wall:.0f} s, peak RSS {row['rss1_gb']:.2f} GB (largest) / "

@@ -107,6 +107,31 @@ def _tree_rss(root: int) -> int:
     return total
 
 
+def measure(cmd: list[str], log: Path) -> tuple[int, float, int, int]:
+    """Run `cmd` with its output in `log`: (exit code, wall seconds, peak RSS bytes of its largest single
+    process (wait4's ru_maxrss), peak summed RSS bytes of its process tree (/proc sampled every 0.1 s)).
+    Shared with embed_scale.py."""
+    peak_tree, done = 0, threading.Event()
+    with open(log, "w") as fh:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+
+        def sample() -> None:
+            nonlocal peak_tree
+            while not done.is_set():
+                peak_tree = max(peak_tree, _tree_rss(proc.pid))
+                done.wait(0.1)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)  # this child alone (and its reaped workers), not earlier runs
+        wall = time.perf_counter() - t0
+        done.set()
+        sampler.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, wall, usage.ru_maxrss * 1024, peak_tree  # ru_maxrss: KiB on Linux
+
+
 @dataclass
 class Run:
     size: str
@@ -130,24 +155,7 @@ def convert(model_dir: Path, size: str, target: str, out: Path, skip_validation:
     log = out.parent / f"{out.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"\n== {size} -> {target} {variant}: {' '.join(cmd[1:])}  (log: {log})", flush=True)
-    peak_tree, done = 0, threading.Event()
-    with open(log, "w") as fh:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
-
-        def sample() -> None:
-            nonlocal peak_tree
-            while not done.is_set():
-                peak_tree = max(peak_tree, _tree_rss(proc.pid))
-                done.wait(0.1)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        _, status, usage = os.wait4(proc.pid, 0)  # this child alone (and its reaped workers), not earlier runs
-        wall = time.perf_counter() - t0
-        done.set()
-        sampler.join()
-    proc.returncode = rc = os.waitstatus_to_exitcode(status)
+    rc, wall, rss1, peak_tree = measure(cmd, log)
     tail = log.read_text(errors="replace").strip().splitlines()[-3:]
     print("   " + "\n   ".join(tail), flush=True)
     verdict = "-"
@@ -156,7 +164,6 @@ def convert(model_dir: Path, size: str, target: str, out: Path, skip_validation:
         verdict = str(json.loads(manifest.read_text()).get("validation", {}).get("status", "?"))
     vpath = out / variant_path(target, variant)
     vbytes = disk_bytes(vpath) + disk_bytes(Path(str(vpath) + "_data"))
-    rss1 = usage.ru_maxrss * 1024  # KiB on Linux
     run = Run(size, target, variant, params, rc, wall, rss1 / 1e9, max(peak_tree, rss1) / 1e9,
               vbytes / 1e6, disk_bytes(out) / 1e6, verdict, str(log))
     print(f"   -> exit {rc}, {run.verdict}, {wall:.1f} s, peak RSS {run.rss1_gb:.2f} GB (largest process) / "
