@@ -160,7 +160,8 @@ def ship_head_files(source, recipe, folder: Path) -> dict[str, Any]:
 
     folder.mkdir(parents=True, exist_ok=True)
     shipped: dict[str, Any] = {"modules": []}
-    for module in read_json(source.path / "modules.json"):
+    modules = read_json(source.path / "modules.json") if (source.path / "modules.json").is_file() else []
+    for module in modules:  # none: copy_model_files wrote the architecture-default pooling config
         rel = str(module.get("path", ""))
         if rel and (source.path / rel).is_dir():
             shutil.copytree(source.path / rel, folder / rel, dirs_exist_ok=True)
@@ -184,3 +185,73 @@ def ship_head_files(source, recipe, folder: Path) -> dict[str, Any]:
             "loader": "safetensors" if recipe.heads.sparse_file.endswith(".safetensors")
             else "torch.load(weights_only=True)"}
     return shipped
+
+
+# --- writing embedder folders (sentence encoders, decoder embedders, multi-vector encoders) ---------------
+
+
+def dequant_path(variant: str) -> str:
+    """Where a quantized variant's dequantized-weights golden lives in the artifact."""
+    return f"reference/dequant_{variant}.npz"
+
+
+def checkpoint_arrays(source) -> dict[str, np.ndarray]:
+    """The checkpoint's tensors by name, as float32 NumPy arrays.
+
+    Read through transformers (not the raw files) so prefixes, tied weights and the pickle path
+    (--allow-pickle) resolve exactly as in the PyTorch reference.
+    """
+    from ...torch_model import load_hf_model
+
+    state = load_hf_model(source).state_dict()
+    return {k: v.detach().float().numpy() for k, v in state.items()}
+
+
+def write_variant_folders(source, recipe, variants: list[str], out: Path, step: Step, descriptions: dict[str, str],
+                          build: Callable[[dict[str, Any]], Any], to_mlx_weights: Callable[[dict], dict],
+                          quantizable: Callable[[str, Any], bool]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """One loadable folder per variant (f32, f16, q8, q4) of an embedder's trunk `build(config)`, with the
+    checkpoint's files and sentence-transformers modules beside it, and per quantized variant the golden
+    PyTorch computes with its dequantized weights. Returns (per-variant manifest extras, the head files
+    shipped: `ship_head_files`)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from ...layout import copy_model_files
+    from ...reference import Golden, outputs_with_weights
+
+    check_group_size(source, recipe, variants)
+    config = read_json(source.path / "config.json")
+    step("load checkpoint weights")
+    weights = to_mlx_weights({k: mx.array(v) for k, v in checkpoint_arrays(source).items()})
+    golden = Golden.load(out) if any(v in BITS for v in variants) else None
+    extras: dict[str, dict[str, Any]] = {}
+    shipped: dict[str, Any] = {}
+    for name in variants:
+        step(f"write {name} ({descriptions[name]})")
+        model = build(config)
+        try:
+            model.load_weights(list(weights.items()), strict=True)
+        except ValueError as e:
+            raise ModelportError(f"checkpoint tensors do not fit the MLX {config['model_type']} model: {e}") from e
+        cfg = dict(config)
+        if name == "f16":
+            model.set_dtype(mx.float16)
+            cfg["torch_dtype"] = cfg["dtype"] = "float16"
+        elif name in BITS:
+            nn.quantize(model, group_size=recipe.quant_group_size, bits=BITS[name], class_predicate=quantizable)
+            cfg["quantization"] = {"group_size": recipe.quant_group_size, "bits": BITS[name]}
+        mx.eval(model.parameters())
+        folder = out / name
+        copy_model_files(source, recipe, folder)
+        shipped = ship_head_files(source, recipe, folder)  # Dense folders, prompts, truncate_dim, heads: what Head reads
+        write_json(folder / "config.json", cfg)
+        save(model, folder / WEIGHTS)
+        if name in BITS:
+            step(f"reference: PyTorch with {name}'s dequantized weights")
+            arrays = outputs_with_weights(source, recipe, golden, dequantized_weights(model))
+            with open(out / dequant_path(name), "wb") as f:
+                np.savez_compressed(f, **arrays)
+            extras[name] = {"dequantized_reference": dequant_path(name), "quantization": cfg["quantization"]}
+    return extras, shipped
+

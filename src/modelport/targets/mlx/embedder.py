@@ -22,7 +22,6 @@ trunk weights only), so a quantized variant's error is the trunk's.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,16 +30,14 @@ import numpy as np
 from ...embedding import real_tokens
 from ...errors import ModelportError
 from ...families import DECODER_EMBEDDER_FAMILY, MULTI_VECTOR_FAMILY
-from ...fsutil import read_json, write_json
-from ...layout import copy_model_files
+from ...fsutil import read_json
 from ...manifest import TargetInfo
 from ...metrics import cosine_rows
 from ...recipes import ARCHITECTURES
 from ...thresholds import DEQUANT_RUNTIME_MAX_ABS
 from ..registry import ConvertContext, NoOptions, register
-from .common import (BITS, HEAD_FILES, WEIGHTS, MLXConverter, MLXSession, Step, check_group_size,
-                     dequantized_weights, encoder_quantizable, lm_quantizable, save, ship_head_files,
-                     stored_quantized, variant_table)
+from .common import (BITS, WEIGHTS, MLXConverter, MLXSession, Step, dequant_path, encoder_quantizable,
+                     lm_quantizable, stored_quantized, variant_table, write_variant_folders)
 
 __all__ = ["VARIANTS", "DEFAULT_VARIANTS", "MLXDecoderEmbedder", "MLXMultiVector", "Embedder", "convert",
            "load_model", "load_runner"]
@@ -51,10 +48,6 @@ VARIANTS = variant_table(
 DEFAULT_VARIANTS = tuple(VARIANTS)
 
 Runner = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, ...]]
-
-
-def _dequant_path(variant: str) -> str:
-    return f"reference/dequant_{variant}.npz"
 
 
 # --- trunks -------------------------------------------------------------------------------------------
@@ -84,61 +77,14 @@ def build_trunk(config: dict[str, Any]):
     return build(config)
 
 
-def _checkpoint_arrays(source) -> dict[str, np.ndarray]:
-    """The trunk's tensors by name, read through transformers' AutoModel (the golden's loader)."""
-    from ...torch_model import load_hf_model
-
-    state = load_hf_model(source).state_dict()
-    return {k: v.detach().float().numpy() for k, v in state.items()}
-
-
-# --- the folder's sentence-transformers files ------------------------------------------------------------
-
-
 # --- convert ---------------------------------------------------------------------------------------------
 
 
 def convert(source, recipe, variants: list[str], out: Path, step: Step) -> TargetInfo:
-    import mlx.core as mx
-    import mlx.nn as nn
-
-    from ...reference import Golden, outputs_with_weights
-
-    check_group_size(source, recipe, variants)
-    config = read_json(source.path / "config.json")
-    build, trunk_weights, predicate = _trunk_module(config.get("model_type"))
-    step("load checkpoint weights")
-    weights = trunk_weights({k: mx.array(v) for k, v in _checkpoint_arrays(source).items()})
-    golden = Golden.load(out) if any(v in BITS for v in variants) else None
-    extras: dict[str, dict[str, Any]] = {}
-    shipped: dict[str, Any] = {}
-    for name in variants:
-        step(f"write {name} ({VARIANTS[name].description})")
-        model = build(config)
-        try:
-            model.load_weights(list(weights.items()), strict=True)
-        except ValueError as e:
-            raise ModelportError(f"checkpoint tensors do not fit the MLX {config['model_type']} trunk: {e}") from e
-        cfg = dict(config)
-        if name == "f16":
-            model.set_dtype(mx.float16)
-            cfg["torch_dtype"] = cfg["dtype"] = "float16"
-        elif name in BITS:
-            nn.quantize(model, group_size=recipe.quant_group_size, bits=BITS[name],
-                        class_predicate=predicate(recipe.quant_group_size))
-            cfg["quantization"] = {"group_size": recipe.quant_group_size, "bits": BITS[name]}
-        mx.eval(model.parameters())
-        folder = out / name
-        copy_model_files(source, recipe, folder)
-        shipped = ship_head_files(source, recipe, folder)  # after: adds truncate_dim, heads, empty module folders
-        write_json(folder / "config.json", cfg)
-        save(model, folder / WEIGHTS)
-        if name in BITS:
-            step(f"reference: PyTorch with {name}'s dequantized weights")
-            arrays = outputs_with_weights(source, recipe, golden, dequantized_weights(model))
-            with open(out / _dequant_path(name), "wb") as f:
-                np.savez_compressed(f, **arrays)
-            extras[name] = {"dequantized_reference": _dequant_path(name), "quantization": cfg["quantization"]}
+    build, trunk_weights, predicate = _trunk_module(read_json(source.path / "config.json").get("model_type"))
+    extras, shipped = write_variant_folders(source, recipe, variants, out, step,
+                                            {n: v.description for n, v in VARIANTS.items()}, build, trunk_weights,
+                                            predicate(recipe.quant_group_size))
     return TargetInfo.of("mlx", recipe.family, variants, VARIANTS, per_variant=extras,
                          layout="mlx (config.json + model.safetensors + sentence-transformers modules per variant)",
                          outputs=list(recipe.outputs), head_files=shipped,
@@ -243,7 +189,7 @@ def extra_metrics(artifact: Path, variant: str, run: Runner, golden) -> dict[str
     if variant not in BITS:
         return {}
     names = golden.meta["outputs"]
-    with np.load(artifact / _dequant_path(variant)) as z:
+    with np.load(artifact / dequant_path(variant)) as z:
         deq = {k: z[k] for k in z.files}
     runtime = {n: 0.0 for n in names}
     fmt = {n: 0.0 for n in names}

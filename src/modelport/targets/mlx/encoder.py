@@ -33,25 +33,20 @@ import numpy as np
 from ...errors import ModelportError
 from ...families import ENCODER
 from ...families.encoder import EncoderRunner
-from ...fsutil import read_json, write_json
-from ...layout import copy_model_files
+from ...fsutil import read_json
 from ...manifest import TargetInfo
 from ...metrics import case_diff
 from ...recipes import ARCHITECTURES
 from ...thresholds import DEQUANT_RUNTIME_MAX_ABS
 from ..registry import ConvertContext, NoOptions, register
-from .common import (BITS, WEIGHTS, MLXConverter, MLXSession, Step, check_group_size, dequantized_weights,
-                     encoder_quantizable, save, ship_head_files, stored_quantized, variant_table)
+from .common import (BITS, WEIGHTS, MLXConverter, MLXSession, Step, dequant_path, dequantized_weights,
+                     encoder_quantizable, stored_quantized, variant_table, write_variant_folders)
 
 __all__ = ["DEFAULT_VARIANTS", "VARIANTS", "MLXEncoder", "convert", "dequantized_weights", "extra_metrics",
            "load_model", "load_runner"]
 
 VARIANTS = variant_table(f16="float16 weights and compute", quantized="Linear + word embeddings")
 DEFAULT_VARIANTS = tuple(VARIANTS)
-
-
-def _dequant_path(variant: str) -> str:
-    return f"reference/dequant_{variant}.npz"
 
 
 def _build_model(config: dict[str, Any]):
@@ -64,61 +59,13 @@ def _build_model(config: dict[str, Any]):
     return family(model_type).Model(config, position_offset=arch.position_offset)
 
 
-def _checkpoint_arrays(source) -> dict[str, np.ndarray]:
-    """The checkpoint's tensors by name, as float32 NumPy arrays.
-
-    Read through transformers (not the raw files) so prefixes, tied weights and the pickle path
-    (--allow-pickle) resolve exactly as in the PyTorch reference.
-    """
-    from ...torch_model import load_hf_model
-
-    state = load_hf_model(source).state_dict()
-    return {k: v.detach().float().numpy() for k, v in state.items()}
-
-
 def convert(source, recipe, variants: list[str], out: Path, step: Step) -> TargetInfo:
     """Write each requested variant folder, and the dequantized-weights reference per quantized one."""
-    import mlx.core as mx
-    import mlx.nn as nn
-
-    from ...reference import Golden, outputs_with_weights
     from .models import family
 
-    check_group_size(source, recipe, variants)
-    step("load checkpoint weights")
-    config = read_json(source.path / "config.json")
-    mod = family(config["model_type"])
-    weights = mod.checkpoint_weights({k: mx.array(v) for k, v in _checkpoint_arrays(source).items()})
-    golden = Golden.load(out) if any(v in BITS for v in variants) else None
-    extras: dict[str, dict[str, Any]] = {}
-    for name in variants:
-        step(f"write {name} ({VARIANTS[name].description})")
-        model = _build_model(config)
-        try:
-            model.load_weights(list(weights.items()), strict=True)
-        except ValueError as e:
-            raise ModelportError(f"checkpoint tensors do not fit the MLX {config['model_type']} model: {e}") from e
-        cfg = dict(config)
-        if name == "f16":
-            model.set_dtype(mx.float16)
-            cfg["torch_dtype"] = cfg["dtype"] = "float16"
-        elif name in BITS:
-            nn.quantize(model, group_size=recipe.quant_group_size, bits=BITS[name],
-                        class_predicate=encoder_quantizable)
-            cfg["quantization"] = {"group_size": recipe.quant_group_size, "bits": BITS[name]}
-        mx.eval(model.parameters())
-        folder = out / name
-        copy_model_files(source, recipe, folder)
-        if (source.path / "modules.json").is_file():  # Dense folders, prompts, truncate_dim: what Head reads
-            ship_head_files(source, recipe, folder)
-        write_json(folder / "config.json", cfg)
-        save(model, folder / WEIGHTS)
-        if name in BITS:
-            step(f"reference: PyTorch with {name}'s dequantized weights")
-            arrays = outputs_with_weights(source, recipe, golden, dequantized_weights(model))
-            with open(out / _dequant_path(name), "wb") as f:
-                np.savez_compressed(f, **arrays)
-            extras[name] = {"dequantized_reference": _dequant_path(name), "quantization": cfg["quantization"]}
+    to_mlx = family(read_json(source.path / "config.json")["model_type"]).checkpoint_weights
+    extras, _ = write_variant_folders(source, recipe, variants, out, step, {n: v.description for n, v in VARIANTS.items()},
+                                      _build_model, to_mlx, encoder_quantizable)
     return TargetInfo.of("mlx", ENCODER.name, variants, VARIANTS, per_variant=extras,
                          layout="mlx (config.json + model.safetensors per variant)")
 
@@ -183,7 +130,7 @@ def extra_metrics(artifact: Path, variant: str, run: EncoderRunner, golden) -> d
     """
     if variant not in BITS:
         return {}
-    with np.load(artifact / _dequant_path(variant)) as z:
+    with np.load(artifact / dequant_path(variant)) as z:
         deq = {k: z[k] for k in z.files}
     runtime, fmt = [], []
     for case in golden.cases:
