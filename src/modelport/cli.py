@@ -75,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--truncate-dim", type=int, metavar="N",
                    help="embedders: ship the first N dims of the sentence embedding (Matryoshka; re-normalized "
                         "when the model normalizes), for every target")
+    c.add_argument("--quant-plan", metavar="PLAN",
+                   help="searched variants (onnx q4mix, q4mix-wasm; mlx q4mix; coreml palmix): the folder "
+                        "`modelport quantize-search` wrote, or one plan-<variant>.json; the variant is rebuilt "
+                        "from it byte for byte and the plan is recorded in the manifest")
     c.add_argument("--out", "-o", type=Path, help="artifact directory (default: artifacts/<model>/<target>)")
     c.add_argument("--force", action="store_true", help="replace an existing artifact directory")
     c.add_argument("--allow-pickle", action="store_true",
@@ -123,6 +127,30 @@ def _parser() -> argparse.ArgumentParser:
                     "instead of all 50; for slow devices like SwiftShader WebGPU (~4 s per call). Per-input gates "
                     "(max abs, cos min) apply; cos mean and top-5 describe the whole set and are not gated")
 
+    qs = sub.add_parser(
+        "quantize-search",
+        help="search the smallest quantized variant that still computes like the original (writes plans)",
+        description="Convert MODEL's float variant for TARGET and validate it, then let the target search its "
+        "quantized format: per-layer sensitivity on a fixed dev text set, candidate recipes (round-to-nearest, "
+        "searched scales, GPTQ with a fixed calibration set, mixed 4/8-bit by sensitivity, embedding table "
+        "formats), naive variants and peer tools as baseline rows, and the size/quality Pareto front. Writes "
+        "search.json, plan-<variant>.json for each chosen variant and pareto.png to --out, and prints the "
+        "`modelport convert ... --quant-plan` command that writes and validates the chosen variants on the "
+        "validation set (which the search never sees).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    qs.add_argument("model", help="as for convert")
+    qs.add_argument("--target", "-t", required=True, choices=sorted(TARGETS), help="output format")
+    qs.add_argument("--goal", help="what the chosen variant must reach on the dev texts: encoders "
+                    "cos=MEAN,min=MIN,top5=TOP5 (default cos=0.99,min=0.98,top5=0.95); decoders kld=MEAN_KLD,top1=SHARE "
+                    "(default kld=1e-3,top1=0.99)")
+    qs.add_argument("--quick", action="store_true", help="a small candidate grid (the same code paths; for tests)")
+    qs.add_argument("--out", "-o", type=Path,
+                    help="search folder (default: artifacts/<model>/<target>-quant-search)")
+    qs.add_argument("--force", action="store_true", help="replace an existing search folder")
+    qs.add_argument("--allow-pickle", action="store_true", help="as for convert")
+    qs.add_argument("--trust-remote-code", action="store_true", help="as for convert")
+
     rp = sub.add_parser("report", help="write report.html: verdicts, figures, file sizes and plots",
                         description="Write <dir>/report.html from the manifest(s): per target and variant the "
                         "verdict of the Python validator and of each real client, max abs / cosine / top-5, file "
@@ -167,7 +195,8 @@ def _convert(args: argparse.Namespace, out) -> int:
         model=args.model, target=args.target, variants=args.variants, out=args.out, force=args.force,
         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
         validate=not args.skip_validation, ignore_lint=args.ignore_lint, command=tuple(["modelport"] + sys.argv[1:]),
-        options={k: v for k, v in (("shape", args.shape), ("context", args.context)) if v is not None},
+        options={k: v for k, v in (("shape", args.shape), ("context", args.context), ("quant_plan", args.quant_plan))
+                 if v is not None},
         truncate_dim=args.truncate_dim,
     )
     with Steps(out) as steps:
@@ -180,6 +209,30 @@ def _convert(args: argparse.Namespace, out) -> int:
             raise ValidationFailed(f"validation failed for {', '.join(failed)}; artifact kept at {path} for inspection")
     out.print(f"[bold green]wrote {escape(str(path))}[/]" + (" (not validated)" if report is None else " (validated)"),
               soft_wrap=True)
+    return 0
+
+
+def _quantize_search(args: argparse.Namespace, out) -> int:
+    from rich.markup import escape
+
+    from .quant.run import SearchRequest, float_variant_of, next_command, run
+    from .ui import Steps
+
+    req = SearchRequest(model=args.model, target=args.target, goal=args.goal, out=args.out, force=args.force,
+                        quick=args.quick, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+    with Steps(out) as steps:
+        path, result = run(req, steps)
+    for line in result.table():
+        out.print(escape(line), soft_wrap=True)
+    for note in result.notes:
+        out.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    out.print(f"[bold green]wrote {escape(str(path))}[/] (search.json, plans, pareto.png)", soft_wrap=True)
+    command = next_command(args.model, args.target, path, result, float_variant_of(args.target, result.family))
+    if command is None:
+        out.print(f"[yellow]no candidate met the goal {escape(result.goal.text())}[/]: the best reachable front is "
+                  f"in {escape(str(path / 'search.json'))} and pareto.png", soft_wrap=True)
+        return 1
+    out.print(f"next: {escape(command)}", soft_wrap=True)
     return 0
 
 
@@ -534,7 +587,7 @@ ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.E
 
 def _command_folder(args: argparse.Namespace) -> str:
     """Where the command writes: the path to name when the OS does not say (a full disk fails in write())."""
-    if args.command == "convert":
+    if args.command in ("convert", "quantize-search"):
         return str(args.out or "artifacts/")
     if args.command == "publish":
         return str(args.dry_run or args.artifact)
@@ -589,6 +642,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "convert":
             return _convert(args, out)
+        if args.command == "quantize-search":
+            return _quantize_search(args, out)
         if args.command == "validate":
             return _validate(args, out)
         if args.command == "report":

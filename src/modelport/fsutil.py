@@ -109,7 +109,14 @@ def lock_path(out: Path) -> Path:
 
 
 def is_artifact(path: Path) -> bool:
-    """A directory whose manifest.json is one of ours (has manifest_version and target.name)."""
+    """A directory modelport wrote: an artifact (manifest.json with manifest_version and target.name)
+    or a quantize-search folder (search.json with its target and candidates). --force replaces only these."""
+    try:
+        search = read_json(path / "search.json")
+        if isinstance(search, dict) and "candidates" in search and "target" in search:
+            return True
+    except (OSError, ValueError, ModelportError):
+        pass
     try:
         data = read_json(path / "manifest.json")
     except (OSError, ValueError, ModelportError):  # (read_json: JSONFileError for bad JSON)

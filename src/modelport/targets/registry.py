@@ -21,6 +21,8 @@ and implements:
   runtime_versions() -> dict[str, str]          recorded in the validation report
   weight_tensors(artifact, variant)             optional: the variant's stored weights as floats, checked
                                                 against the source checkpoint's statistics (weight_stats.py)
+  quantize_search(ctx) -> SearchResult          optional: `modelport quantize-search` for this pair (the
+                                                searched variants, e.g. q4mix, then convert from its plan)
 
 Target modules import no toolchain (torch, onnx, coremltools, mlx, tvm) at module level: the
 registry imports every target, and each image installs only its own toolchain.
@@ -39,6 +41,7 @@ from ..errors import ModelportError, ToolchainError
 
 if TYPE_CHECKING:
     from ..manifest import TargetInfo
+    from ..quant.search import SearchContext, SearchResult
     from ..source import ModelSource
 
 
@@ -119,6 +122,12 @@ class Converter(ABC):
         tolerance) or the bit width of a dequantized one. weight_stats.py compares them with the source
         checkpoint's per-tensor statistics. Default: none (the target's weights are not checked)."""
         return ()
+
+    def quantize_search(self, ctx: "SearchContext") -> "SearchResult":
+        """Search this format's quantization settings for the smallest variant meeting ctx.goal
+        (quant/search.py has the shared bookkeeping). Default: the pair has no searched variants."""
+        raise ModelportError(f"quantize-search is not available for the {self.target} target with {self.family} "
+                             f"models yet")
 
 
 @dataclass(frozen=True)
