@@ -23,7 +23,7 @@ LONG_TEXT = 46  # validation_set: _LONG * 12, cut by validation_set.fit to fill 
 
 def test_every_variant_runs_and_meets_the_threshold_table(node_clients: dict) -> None:
     node = node_clients["node"]
-    assert set(node["variants"]) == set(onnx_target.VARIANTS)
+    assert set(node["variants"]) == set(onnx_target.DEFAULT_VARIANTS)
     assert node["versions"]["transformers.js"] == "4.3.1"
     for name, v in node["variants"].items():
         assert v["verdict"] == "pass", (name, v["failures"])
@@ -127,7 +127,7 @@ def test_cli_records_clients_and_report(minilm_linked: Path, node_clients: dict,
     record(minilm_linked, {"node": node})
     merged = manifest.load(minilm_linked)["validation"]["clients"]["node"]
     assert merged["status"] == "fail" and [m["text"] for m in merged["tokenizer"]["mismatches"]] == [43]
-    assert merged["variants"]["fp32"]["cases"] == 4 and set(merged["variants"]) == set(onnx_target.VARIANTS)
+    assert merged["variants"]["fp32"]["cases"] == 4 and set(merged["variants"]) == set(onnx_target.DEFAULT_VARIANTS)
 
 
 def test_clients_refuse_a_tampered_artifact(minilm_linked: Path, capsys: pytest.CaptureFixture) -> None:

@@ -297,6 +297,8 @@ def test_fake_macos_predict_path(artifact, monkeypatch: pytest.MonkeyPatch) -> N
     assert extra["failures"] == []
     assert extra["coreml_cpu_only"]["gate"] == "fp32" and extra["coreml_all"]["gate"] == "fp16"
     assert extra["coreml_cpu_only"]["step_max_abs"] <= 1e-5
+    # the KLD report through Core ML's API too (fp32: rounding only, measured ~1e-12 with the interpreter)
+    assert extra["coreml_cpu_only"]["kld"]["kld_mean"] < 1e-9 and extra["coreml_all"]["kld"]["same_top1"] == 1.0
     assert {u for _, u, _ in calls} == {"CPU_ONLY", "ALL"} and (1, 1) in {s for _, _, s in calls}
     assert "MLModel.predict" in decoder.CoreMLDecoder().open(root).notes()[0]
     FakeMLModel.offset = 0.5  # beyond the fp16 decoder gate (4e-3 x max |logit| ~ 0.05 here)

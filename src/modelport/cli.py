@@ -2,6 +2,7 @@
 
     modelport convert <model> --target onnx [--variants fp32,fp16,q8,uint8,q4,q4f16] [--out DIR]
     modelport validate <artifact-dir> [--variants ...]
+    modelport audit <foreign-artifact-dir> --reference <model> [--out DIR]
     modelport clients <artifact-dir> [--clients node,chromium-webgpu,chromium-wasm] [--variants ...] [--quick]
     modelport report <artifact-dir>
     modelport recipes
@@ -157,6 +158,24 @@ def _parser() -> argparse.ArgumentParser:
                         "sizes, tokenizer parity, and plots (embedded, viewable offline). <dir> is an artifact "
                         "or a folder of artifacts (artifacts/<model>/). Needs matplotlib.")
     rp.add_argument("artifact", type=Path, help="artifact directory, or a folder holding several")
+
+    au = sub.add_parser(
+        "audit",
+        help="judge an artifact modelport did not make (transformers.js folder, mlx-lm folder) against its original",
+        description="Run modelport's measurements on someone else's artifact: detect its layout (a transformers.js "
+        "folder as the onnx-community repos ship it: config.json + onnx/model_<dtype>.onnx; an mlx-lm folder as "
+        "`mlx_lm.convert` writes it, or a folder of them), compute the golden from the reference checkpoint with "
+        "PyTorch fp32, run every variant and judge it with the family's gates for the precision its file name or "
+        "quantization config implies. Quantized decoders are gated against PyTorch on the weights they store "
+        "(computed here), with their distance to fp32 reported; every variant's weights are checked against the "
+        "reference's. WebLLM packages are not audited yet.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    au.add_argument("artifact", type=Path, help="the artifact folder to audit")
+    au.add_argument("--reference", required=True,
+                    help="the original model: a local Hugging Face model directory, hub id or known model name")
+    au.add_argument("--out", "-o", type=Path, help="write audit.json to this folder (default: print only)")
+    au.add_argument("--trust-remote-code", action="store_true", help="as for convert")
 
     _add_hub_commands(sub)
     sub.add_parser("recipes", help="list supported architectures, known models and thresholds",
@@ -331,6 +350,27 @@ def _validate(args: argparse.Namespace, out) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace, out) -> int:
+    """`modelport audit`: the validate table for a foreign artifact (audit.py), audit.json with --out."""
+    from rich.markup import escape
+
+    from .audit import audit
+    from .ui import Steps
+
+    with Steps(out) as steps:
+        result = audit(args.artifact, args.reference, progress=steps, trust_remote_code=args.trust_remote_code)
+    _print_report(out, result.report)
+    if args.out is not None:
+        out.print(f"wrote {escape(str(result.save(args.out)))}", soft_wrap=True)
+    if not result.passed:
+        failed = [r.variant for r in result.report.results if not r.passed]
+        raise ValidationFailed(f"audit failed for {', '.join(failed)}")
+    judged = len(result.report.results)
+    out.print(f"[bold green]{escape(str(args.artifact))}: {judged} judged variant{'s' * (judged != 1)} pass[/]"
+              + (f" ({len(result.not_judged)} not judged)" if result.not_judged else ""), soft_wrap=True)
+    return 0
+
+
 def _write_report(out, path: Path) -> None:
     """report.html after every validation run; without matplotlib (or a writable folder) one line says so,
     never an error: the verdict is already printed and recorded."""
@@ -423,7 +463,7 @@ def _registry_table():
         table.add_column(col)
     for target, family in REGISTRY.pairs():
         cls = REGISTRY.converter_class(target, family)
-        opts = ", ".join("--" + f.name for f in dataclasses.fields(cls.Options)) or "-"
+        opts = ", ".join("--" + f.name.replace("_", "-") for f in dataclasses.fields(cls.Options)) or "-"
         table.add_row(target, family, ", ".join(cls.variants), opts, f"{cls.__module__}.{cls.__qualname__}")
     return table
 
@@ -454,13 +494,15 @@ def _recipes(out) -> int:
     from .thresholds import LM_THRESHOLDS
 
     lt = Table(title="decoder LLM thresholds (5 prompts x 16 greedy steps; max abs of logits)")
-    for col in ("precision", "against", "prefill / step / KV-vs-full max abs", "greedy tokens"):
+    for col in ("precision", "against", "prefill / step / KV-vs-full max abs", "top-1 (tie-aware)", "KLD vs fp32"):
         lt.add_column(col)
     for name, x in LM_THRESHOLDS.items():
         scale = " x max |logit|" if x.relative else ""
+        kld = ", ".join(f for f in (f"mean <= {x.kld_mean_max:g}" if x.kld_mean_max is not None else "",
+                                    f"same top-1 >= {x.same_top1_min:g}" if x.same_top1_min is not None else "") if f)
         lt.add_row(name, f"{x.reference} golden",
                    f"{x.prefill_max_abs:g} / {x.step_max_abs:g} / {x.kv_vs_full_max_abs:g}{scale}",
-                   f"{x.greedy_min:.0%}")
+                   f"where gap > {x.tie_margin:g} x step limit", kld or "reported")
     out.print(lt)
     return 0
 
@@ -591,6 +633,8 @@ def _command_folder(args: argparse.Namespace) -> str:
         return str(args.out or "artifacts/")
     if args.command == "publish":
         return str(args.dry_run or args.artifact)
+    if args.command == "audit":
+        return str(args.out or args.artifact)
     if args.command in ("validate", "clients", "report"):
         return str(args.artifact)
     try:
@@ -646,6 +690,8 @@ def main(argv: list[str] | None = None) -> int:
             return _quantize_search(args, out)
         if args.command == "validate":
             return _validate(args, out)
+        if args.command == "audit":
+            return _audit(args, out)
         if args.command == "report":
             return _report(args, out)
         if args.command == "clients":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -55,11 +56,18 @@ def check_target_request(target: str, variants: str | None, options: dict[str, A
     unknown = [v for v in names if v not in known]
     if unknown:
         raise ModelportError(f"unknown variant(s) {', '.join(unknown)}; this target writes: {', '.join(known)}")
+    searched = [v for v in names if known[v].searched]
+    if searched and not options.get("quant_plan"):
+        raise ModelportError(f"variant {searched[0]} needs --quant-plan PLAN (write one with: modelport "
+                             f"quantize-search <model> --target {target})")
+    if options.get("quant_plan") and not searched:
+        which = ", ".join(v for v in known if known[v].searched) or "none"
+        raise ModelportError(f"--quant-plan writes searched variants ({which}): name them in --variants")
     accepted = REGISTRY.all_options(target)
     for key in options:
         if key not in accepted:
-            takes = f"it takes {', '.join('--' + k for k in accepted)}" if accepted else "it takes no options"
-            raise ModelportError(f"--{key} does not apply to the {target} target ({takes})")
+            takes = f"it takes {', '.join('--' + k.replace('_', '-') for k in accepted)}" if accepted else "it takes no options"
+            raise ModelportError(f"--{key.replace('_', '-')} does not apply to the {target} target ({takes})")
     # Each family's Options checks its own values (e.g. --context >= 8): a bad value costs nothing either.
     for family in REGISTRY.families_of(target):
         options_cls = REGISTRY.converter_class(target, family).Options
@@ -116,6 +124,7 @@ def run(req: ConvertRequest, steps: Steps) -> tuple[Path, Report | None]:
             family.compute_golden(source, recipe, work, steps)
         with toolchain_step(f"the {req.target} converter"):
             target_info = converter.convert(ConvertContext(source, recipe, variants, work, steps, options))
+        carry_search(req.options.get("quant_plan"), work)
         steps("write manifest (sha256 of every file)")
         # per-tensor statistics of the checkpoint: what validation checks the stored weights against
         extra = head_tensors(source.path, recipe.head, recipe.heads) if recipe.family in EMBEDDING_FAMILIES else {}
@@ -132,3 +141,17 @@ def run(req: ConvertRequest, steps: Steps) -> tuple[Path, Report | None]:
             record(work, report)
         steps.close()
     return out, report
+
+
+SEARCH_FILES = ("search.json", "pareto.png")
+
+
+def carry_search(quant_plan: str | None, work: Path) -> None:
+    """A variant written from a quantize-search folder keeps the search beside it (`quant-search/`):
+    the report shows the Pareto front it was chosen from, and the manifest hashes it like every file."""
+    if not quant_plan or not Path(quant_plan).is_dir() or not (Path(quant_plan) / "search.json").is_file():
+        return
+    (work / "quant-search").mkdir()
+    for name in SEARCH_FILES:
+        if (Path(quant_plan) / name).is_file():
+            shutil.copyfile(Path(quant_plan) / name, work / "quant-search" / name)

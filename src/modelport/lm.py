@@ -8,11 +8,17 @@ logits, 16 greedy tokens and the cached-decode logits at every step. A target on
 
   prefill_max_abs     runner prefill logits vs golden, every prompt position
   step_max_abs        teacher-forced cached decode (fed the golden greedy tokens) vs golden steps
-  greedy              the runner's own greedy tokens vs golden (EOS masked, so always STEPS tokens)
+  greedy              the runner's own greedy tokens vs golden (EOS masked, so always STEPS tokens):
+                      reported, not gated (after one tie decided the other way the rest of the
+                      sequence is a different text; see top1 below for the gated form)
   kv_vs_full_max_abs  the runner's cached decode vs its own prefill over the whole sequence: a
                       broken cache (wrong positions, a dropped layer's KV) shows here even when
                       the golden comparison is loose (fp16, 4-bit)
   top1 / KL           agreement of the argmax and mean KL(golden || runner) over the step rows
+  top1 misses         teacher-forced steps whose argmax differs from the golden's, each with the
+                      golden's top-1/top-2 gap there: the gated token check is tie-aware
+                      (thresholds.check_lm counts a miss only where that gap exceeds 2 x the
+                      precision's step limit, the smallest gap a within-limit error cannot swap)
 
 Greedy decoding masks EOS so every prompt yields exactly STEPS tokens (= transformers'
 `min_new_tokens`): a variant that would stop early is still compared on the full length.
@@ -130,6 +136,21 @@ def greedy_pick(logits: np.ndarray, eos_ids: list[int]) -> int:
     if eos_ids:
         row[eos_ids] = -np.inf
     return int(np.argmax(row))
+
+
+def top2_gap(logits: np.ndarray, eos_ids: list[int]) -> float:
+    """Largest minus second-largest logit of a row, EOS masked (as greedy_pick sees the row)."""
+    row = np.array(logits, dtype=np.float64, copy=True)
+    if eos_ids:
+        row[eos_ids] = -np.inf
+    top = np.partition(row, -2)[-2:]
+    return float(top[1] - top[0])
+
+
+def golden_logit_scale(golden: "LMGolden") -> float:
+    """max |logit| over the golden's prefill and step rows (relative gates scale with it)."""
+    return max(max(float(np.abs(golden.prefill_logits(n)).max()), float(np.abs(golden.step_logits(n)).max()))
+               for n in golden.prompt_names)
 
 
 class LMRunner(Protocol):
@@ -318,6 +339,9 @@ class PromptLM:
     top1_equal: int  # teacher-forced steps whose argmax equals the golden argmax
     kl_mean: float
     tokens: list[int]
+    # teacher-forced steps whose argmax differs from the golden's: [step, golden top-1/top-2 gap there]
+    top1_misses: list[list[float]] = field(default_factory=list)
+    min_top2_gap: float = float("inf")  # the golden's smallest top-1/top-2 gap over the steps (EOS masked)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -350,6 +374,11 @@ class LMMetrics:
     def top1_agreement(self) -> float:
         return self.top1_equal / max(self.top1_total, 1)
 
+    def decisive_misses(self, bound: float) -> list[tuple[str, int, float]]:
+        """(prompt, step, gap) of the teacher-forced top-1 misses where the golden's top-1/top-2 gap
+        exceeds `bound`: misses no logit error within bound / 2 can cause."""
+        return [(p.name, int(step), float(gap)) for p in self.prompts for step, gap in p.top1_misses if gap > bound]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "prefill_max_abs": self.prefill_max_abs,
@@ -361,6 +390,8 @@ class LMMetrics:
             "greedy_exact_prompts": self.greedy_exact_prompts,
             "greedy_prefix_total": self.greedy_prefix_total,
             "top1_agreement": self.top1_agreement,
+            "top1_misses": sum(len(p.top1_misses) for p in self.prompts),
+            "min_top2_gap": min((p.min_top2_gap for p in self.prompts), default=None),
             "kl_mean": self.kl_mean,
             "logit_scale": self.logit_scale,
             "prompts": [p.to_json() for p in self.prompts],
@@ -416,6 +447,7 @@ def evaluate_lm(golden: LMGolden, runner: LMRunner) -> LMMetrics:
         full, _ = runner.prefill(seq)
         full = _logits_2d(full)[ids.shape[1] - 1:]
         ref_top1 = np.array([greedy_pick(r, eos) for r in ref_rows])
+        gaps = [top2_gap(r, eos) for r in ref_rows]
         equal = [int(a == b) for a, b in zip(own, ref_tokens.tolist())]
         prefix = next((i for i, e in enumerate(equal) if not e), len(equal))
         per.append(PromptLM(
@@ -429,6 +461,8 @@ def evaluate_lm(golden: LMGolden, runner: LMRunner) -> LMMetrics:
             top1_equal=int((np.asarray(tf_tokens) == ref_top1).sum()),
             kl_mean=float(kl_rows(ref_rows, tf_rows).mean()),
             tokens=[int(t) for t in own],
+            top1_misses=[[i, gaps[i]] for i, (a, b) in enumerate(zip(tf_tokens, ref_top1.tolist())) if a != b],
+            min_top2_gap=min(gaps),
         ))
     return LMMetrics(
         prefill_max_abs=max(p.prefill_max_abs for p in per),
@@ -442,6 +476,5 @@ def evaluate_lm(golden: LMGolden, runner: LMRunner) -> LMMetrics:
         top1_total=steps * len(per),
         kl_mean=float(np.mean([p.kl_mean for p in per])),
         prompts=per,
-        logit_scale=max(max(float(np.abs(golden.prefill_logits(n)).max()), float(np.abs(golden.step_logits(n)).max()))
-                        for n in golden.prompt_names),
+        logit_scale=golden_logit_scale(golden),
     )

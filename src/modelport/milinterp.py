@@ -41,6 +41,7 @@ this runs in the small validator image.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import logging
@@ -740,6 +741,21 @@ class Interpreter:
 
     def op_counts(self) -> dict[str, int]:
         return _count_ops(self.block)
+
+    def with_constants(self, values: dict[str, Array]) -> "Interpreter":
+        """A copy that runs with some constants replaced (same names, same shapes): the quantization
+        search (targets/coreml/quantize.py) scores a weight's compressed form without writing a
+        package per candidate. Values are stored as `run` sees every constant (float32)."""
+        unknown = sorted(set(values) - set(self._compute_constants))
+        if unknown:
+            raise ModelportError(f"{self.package}: no constant(s) named {', '.join(unknown[:3])}")
+        for name, value in values.items():
+            if np.shape(value) != np.shape(self._compute_constants[name]):
+                raise ModelportError(f"{self.package}: constant {name} has shape "
+                                     f"{list(np.shape(self._compute_constants[name]))}, got {list(np.shape(value))}")
+        patched = copy.copy(self)
+        patched._compute_constants = {**self._compute_constants, **{k: f32(v) for k, v in values.items()}}
+        return patched
 
     def _compile(self, o: Any) -> Step:
         fixed = {k: decode_value(v, self.weights) for k, v in o.attributes.items() if k != "name"}

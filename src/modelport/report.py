@@ -51,6 +51,7 @@ class Row:
     vs_ort: float | None = None
     cases: str = ""
     notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # the validator's extra (decoders: the KLD report)
 
 
 def artifact_dirs(path: Path) -> list[Path]:
@@ -81,7 +82,8 @@ def python_rows(man: dict[str, Any]) -> list[Row]:
         n = len((v.get("metrics") or {}).get("cases", []))
         rows.append(Row(name, v.get("precision", "?"), f"Python {val.get('runtime', '')}".strip(), v["verdict"],
                         v.get("metrics") or {}, variant_bytes(man, file), v.get("seconds"),
-                        cases=f"{n} cases" if n else "", notes=v.get("failures", []) + v.get("notes", [])))
+                        cases=f"{n} cases" if n else "", notes=v.get("failures", []) + v.get("notes", []),
+                        extra=v.get("extra") or {}))
     return rows
 
 
@@ -300,7 +302,43 @@ Python validation status: <b>{html.escape(str(val.get('status', 'not-run')))}</b
 <h3>Clients</h3>{clients_section(man) or '<p>No client run recorded.</p>'}
 <h3>Tokenizer parity (client token ids vs golden)</h3>{tokenizer_section(man)}
 <h3>Plots</h3>{plots or '<p>No per-case figures recorded.</p>'}
+{search_section(root)}
 </section>"""
+
+
+def search_section(root: Path) -> str:
+    """The quantize-search a searched variant came from (quant-search/ in the artifact): its Pareto
+    plot and every candidate, the naive variants and peer tools marked, the chosen ones named."""
+    import base64
+    import json
+
+    folder = root / "quant-search"
+    try:
+        data = json.loads((folder / "search.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    chosen: dict[str, str] = {}
+    for variant, name in data.get("chosen", {}).items():
+        chosen[name] = f"{chosen[name]}, {variant}" if name in chosen else variant
+    rows = []
+    for c in sorted(data.get("candidates", []), key=lambda c: c.get("size_bytes", 0)):
+        q = c.get("quality", {})
+        role = chosen.get(c["name"], "baseline" if c.get("baseline") else ("Pareto" if c.get("pareto") else ""))
+        share = c.get("size_share")
+        cells = [c["name"], role, _size(c.get("size_bytes")), f"{share:.1%}" if share else "-",
+                 _num(c.get("bits_per_weight"), ".2f"),
+                 *(_num(q.get(k), ".4f") for k in ("cos_min", "cos_mean", "top5")),
+                 _num(q.get("kld_mean"), ".2e"), c.get("failed") or c.get("note") or ""]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("candidate", "role", "size", "of fp32", "bits/weight", "cos min",
+                                            "cos mean", "top-5", "KLD", "note"))
+    plot = ""
+    if (folder / "pareto.png").is_file():
+        src = "data:image/png;base64," + base64.b64encode((folder / "pareto.png").read_bytes()).decode()
+        plot = f'<img class="plot" alt="size vs quality of every candidate" src="{src}">'
+    return (f"<h3>Quantization search (goal {html.escape(str(data.get('goal', '')))}, dev texts "
+            f"{html.escape(str(data.get('texts', {}).get('dev', '')))})</h3>{plot}"
+            f"<table><tr>{head}</tr>{''.join(rows)}</table>")
 
 
 CSS = """body{font-family:sans-serif;margin:1.5em;max-width:1400px}table{border-collapse:collapse;font-size:12px}

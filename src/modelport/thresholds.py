@@ -38,7 +38,7 @@ THRESHOLDS: dict[str, Threshold] = {
     "q8": Threshold(cos_min=0.97, cos_mean=0.99, top5_mean=0.85, batch_invariant=False),
     "uint8": Threshold(cos_min=0.97, cos_mean=0.99, top5_mean=0.85, batch_invariant=False),
     # Plain round-to-nearest 4-bit (block 32, symmetric) is what transformers.js users get; it is
-    # measured at 0.910 min / 0.967 mean on MiniLM. Better 4-bit (GPTQ, mixed 8-bit) is future work.
+    # measured at 0.910 min / 0.967 mean on MiniLM. Better 4-bit (GPTQ, mixed 8-bit): the searched q4mix below.
     "q4": Threshold(cos_min=0.88, cos_mean=0.955, top5_mean=0.75),
     "q4f16": Threshold(cos_min=0.88, cos_mean=0.955, top5_mean=0.75),
     # Weight-only quantization (activations stay float, so batches are gated like fp32): MLX
@@ -55,7 +55,8 @@ THRESHOLDS: dict[str, Threshold] = {
     #   pal6: 0.990 min / 0.9963 mean / top-5 0.97;  pal4: 0.895 min / 0.946 mean / top-5 0.93.
     # 4-bit palettes lose more than ONNX q4 (0.910 / 0.967): one 16-entry table per tensor cannot
     # follow per-channel ranges. Grouped tables (iOS18, 16-32 channels each) did better on three
-    # sample texts (0.907-0.958 against 0.857-0.946) but took 3-5x longer to build: future work.
+    # sample texts (0.907-0.958 against 0.857-0.946) but took 3-5x longer to build; on MiniLM's 40 dev texts
+    # (quantize-search, 2026-12-05) they barely help: mean 0.956 against 0.952 (docs/quantization.md).
     "pal6": Threshold(cos_min=0.98, cos_mean=0.993, top5_mean=0.90),
     "pal4": Threshold(cos_min=0.87, cos_mean=0.93, top5_mean=0.80),
     # Searched 4-bit variants (`modelport quantize-search`: ONNX q4mix / q4mix-wasm, MLX q4mix, Core ML
@@ -115,7 +116,23 @@ class LMThreshold:
     prefill_max_abs: float  # every prompt position's logits
     step_max_abs: float  # teacher-forced cached decode, every step
     kv_vs_full_max_abs: float  # the runtime's cached decode vs its own full recompute
-    greedy_min: float = 1.0  # share of the 80 greedy tokens equal to the golden's
+    # Tie-aware token gate: a teacher-forced step whose argmax differs from the golden's fails only if
+    # the golden's top-1/top-2 gap there exceeds tie_margin x the step limit L. Why 2: if every logit of
+    # the row is within L of the golden's, z'_top - z'_j >= (z_top - z_j) - 2L, so no token j whose gap
+    # exceeds 2L can overtake the golden's argmax; a miss at a larger gap proves the row left the
+    # precision's bound, a miss at a smaller one is a near-tie that the precision's own rounding may
+    # decide either way. This replaced "all 80 free-running greedy tokens equal": one near-tie decided
+    # the other way changes the rest of the sequence, and an honest fp16 artifact failed on it (issue 16:
+    # a tiny Llama trained for fewer steps than the project's gave MLX f16 77/80 greedy tokens with every
+    # logit inside the fp16 gate; Llamas trained 10 to 150 steps, seeds 1-4, gave 80/80 here, so the rule
+    # is proven on constructed near-ties in tests/unit/test_kld.py and tests/test_kld_gates.py). Free-running greedy
+    # agreement is still measured and reported. Within the max-abs gates this check cannot fail (that
+    # is the derivation); it names the flipped tokens when they do fail, and it is the whole token gate
+    # of the transformers.js clients, which return tokens only (clients/textgen.py).
+    tie_margin: float = 2.0
+    # KLD report gates (kld.py; vs the fp32 golden on the fixed corpus windows), None = reported only
+    kld_mean_max: float | None = None
+    same_top1_min: float | None = None
     # True: the three max-abs limits are fractions of the golden's largest |logit| (LMMetrics.logit_scale).
     # Float16 rounding error is proportional to magnitude (spacing 2^-10 of the value), so an absolute
     # fp16 limit measured on tiny models (|logits| <= 14) would fail real ones (|logits| ~30) for
@@ -128,6 +145,10 @@ class LMThreshold:
     def limit(self, attr: str, logit_scale: float) -> float:
         value = getattr(self, attr)
         return value * logit_scale if self.relative else value
+
+    def tie_bound(self, logit_scale: float) -> float:
+        """The golden top-1/top-2 gap above which a changed argmax is a failure (see tie_margin)."""
+        return self.tie_margin * self.limit("step_max_abs", logit_scale)
 
 
 # fp32: 1e-5 max abs on logits of |value| <= 14. Measured (docs/measurements.md, "Decoder LLMs"): 3.8e-6 to 8.6e-6
@@ -155,7 +176,17 @@ LM_THRESHOLDS: dict[str, LMThreshold] = {
     # Weight-only group-wise formats (MLX q8/q4 = precisions w8/w4) with float32 compute: the same rule as
     # q4 (the runtime must reproduce PyTorch on the weights the file stores). Measured on the tiny
     # decoders: MLX q8/q4 worst 7.6e-6 (Core ML w8/w4: docs/targets/coreml.md).
-    "w8": LMThreshold("dequantized", _LM_FP32, _LM_FP32, _LM_FP32),
+    # 8-bit variants are also gated on the KLD report against the fp32 golden (kld.py: 4 windows x 64
+    # tokens of kld-v1, 256 positions): mean KLD <= 1e-3 nats, issue 16's bar. Measured on the four tiny
+    # decoders (2026-12-05): MLX q8 1.85e-4 to 3.12e-4, Core ML w8 1.48e-4 to 3.01e-4 (4-bit: 0.02 to 0.09).
+    # Issue 16's second bar, same top-1 >= 0.99, is reported, not gated: honest 8-bit files miss it on
+    # the tiny models (MLX q8 0.9883 to 0.9961, Core ML w8 0.9844 to 0.9961), and every miss is a
+    # near-tie (golden top-1/top-2 gap 0.0005 to 0.09 where the variant's own logits moved 0.05 to 0.2;
+    # f16 flips some of the same positions). The tiny models are trained on one page of text and nearly
+    # uniform on the unseen corpus (perplexity 250 to 510 over 512 tokens), so ~1 % of positions sit
+    # within 0.03 of a tie: the failure the old 80/80 greedy gate had. A model that can show it (a real
+    # LLM, peaked on ordinary English) is the place to set it.
+    "w8": LMThreshold("dequantized", _LM_FP32, _LM_FP32, _LM_FP32, kld_mean_max=1e-3),
     "w4": LMThreshold("dequantized", _LM_FP32, _LM_FP32, _LM_FP32),
 }
 
@@ -176,9 +207,25 @@ def check_lm(precision: str, m) -> list[str]:
         if value > limit:
             how = f" ({getattr(t, attr):g} x max |logit| {m.logit_scale:.3g})" if t.relative else ""
             failures.append(f"{label} {value:.3g} > {limit:.3g}{how} vs {t.reference} golden (worst: {worst(attr)})")
-    if m.greedy_agreement < t.greedy_min:
-        bad = [f"{p.name} {p.greedy_equal}/{len(p.tokens)} (first miss at {p.greedy_prefix})"
-               for p in m.prompts if p.greedy_equal < len(p.tokens)]
-        failures.append(f"greedy tokens {m.greedy_equal}/{m.greedy_total} equal to the {t.reference} golden "
-                        f"< {t.greedy_min:.0%} ({'; '.join(bad)})")
+    bound = t.tie_bound(m.logit_scale)
+    decisive = m.decisive_misses(bound)
+    if decisive:
+        where = "; ".join(f"{name} step {step} (gap {gap:.3g})" for name, step, gap in decisive[:5])
+        failures.append(f"teacher-forced top-1 differs from the {t.reference} golden at {len(decisive)} of "
+                        f"{m.top1_total} steps where the golden's top-1/top-2 gap exceeds {bound:.3g} "
+                        f"({t.tie_margin:g} x the step limit): {where}")
+    return failures
+
+
+def check_kld(precision: str, report: dict) -> list[str]:
+    """Failed KLD gates (report: kld.KLDReport.to_json()); empty when the precision has none."""
+    t = LM_THRESHOLDS[precision]
+    failures = []
+    if t.kld_mean_max is not None and report["kld_mean"] > t.kld_mean_max:
+        failures.append(f"mean KLD vs the fp32 golden {report['kld_mean']:.3g} > {t.kld_mean_max:g} "
+                        f"({report['positions']} corpus positions; p99 {report['kld_p99']:.3g}, "
+                        f"max {report['kld_max']:.3g})")
+    if t.same_top1_min is not None and report["same_top1"] < t.same_top1_min:
+        failures.append(f"same top-1 as the fp32 golden at {report['same_top1']:.4f} of {report['positions']} "
+                        f"corpus positions < {t.same_top1_min}")
     return failures

@@ -265,7 +265,8 @@ def test_relative_fp16_gate_is_one_markdown_cell() -> None:
     man["validation"]["variants"]["f16"] = decoder_result("f16", "fp16", 3)
     head, rows = validation_table(modelcard.render(man, REPO))
     f16 = next(r for r in rows if r["variant"] == "f16")
-    assert f16["gate"] == r"max abs 0.004 × max \|logit\|, greedy ≥ 100%" and is_number(f16["prefill max abs"])
+    assert f16["gate"] == r"max abs 0.004 × max \|logit\|, top-1 where gap > 2 × step limit" \
+        and is_number(f16["prefill max abs"])
 
 
 def test_a_failed_or_missing_figure_shows_a_dash_not_a_crash() -> None:

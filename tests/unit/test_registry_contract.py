@@ -138,7 +138,8 @@ def test_options_are_typed_fields() -> None:
     with pytest.raises(ModelportError, match="--context does not apply to the coreml target for sentence-encoder"):
         parse_options(cls, {"context": 64})
     onnx = REGISTRY.converter_class("onnx", "sentence-encoder")
-    assert onnx.Options is NoOptions
+    assert parse_options(onnx, {}).quant_plan is None  # --quant-plan (searched variants, issue 16)
+    assert REGISTRY.converter_class("onnx", "multi-vector-encoder").Options is NoOptions
 
     @dataclass(frozen=True)
     class Opt:

@@ -47,6 +47,15 @@ TRANSFORMERS_JS_FILES = {
     "fp32": "onnx/model.onnx", "fp16": "onnx/model_fp16.onnx", "q8": "onnx/model_quantized.onnx",
     "int8": "onnx/model_int8.onnx", "uint8": "onnx/model_uint8.onnx", "q4": "onnx/model_q4.onnx",
     "q4f16": "onnx/model_q4f16.onnx",
+    # modelport's searched variants (targets/onnx/quantize.py) are no transformers.js dtype: they load
+    # with dtype fp32 and model_file_name (TRANSFORMERS_JS_LOAD), as a user of such a file writes it
+    "q4mix": "onnx/model_q4mix.onnx", "q4mix-wasm": "onnx/model_q4mix_wasm.onnx",
+}
+# How transformers.js 4.x loads a variant that is not one of its dtypes: dtype fp32 adds no file
+# suffix, model_file_name replaces `model` (src/models/session_config.js, utils/model-loader.js).
+TRANSFORMERS_JS_LOAD = {
+    "q4mix": {"dtype": "fp32", "model_file_name": "model_q4mix"},
+    "q4mix-wasm": {"dtype": "fp32", "model_file_name": "model_q4mix_wasm"},
 }
 
 Progress = Callable[[str], Any]
@@ -99,6 +108,25 @@ class OrtReference:
             return self._cache[key]
 
         return run
+
+
+def device_lacks(root: Path, man: dict[str, Any], variant: str, device: str) -> str | None:
+    """Why `device` cannot run the variant's graph at all (an operator its onnxruntime build lacks), or None.
+
+    Browser wasm (onnxruntime-web's CPU build) has MatMulNBits but not GatherBlockQuantized, so the
+    searched q4mix (4-bit GatherBlockQuantized embedding table) is reported unsupported there, with
+    this reason (measured: "Could not find an implementation for GatherBlockQuantized(1)"), and
+    q4mix-wasm (the same table unpacked by standard operators, or int8 rows) is the variant that runs.
+    """
+    from ..targets.onnx.quantize import WASM_MISSING_OPS, searched_ops
+
+    if device != "wasm" or variant not in TRANSFORMERS_JS_LOAD:
+        return None
+    missing = sorted(searched_ops(root / man["target"]["variants"][variant]["file"]) & WASM_MISSING_OPS)
+    if not missing:
+        return None
+    return (f"the graph uses {', '.join(missing)}, which onnxruntime-web's wasm build does not implement; "
+            f"q4mix-wasm is the variant for browser wasm")
 
 
 def judge_run(golden: Golden, man: dict[str, Any], variant: str, run: dict[str, Any],
@@ -217,13 +245,22 @@ def check(root: Path, clients: dict[str, list[str] | None], quick: Collection[st
     results: dict[str, dict[str, Any]] = {}
     for program in sorted({CLIENTS[c].program for c in clients}):
         names = [c for c in clients if CLIENTS[c].program == program]
-        runs = []
+        runs, skipped = [], []
         for c in names:
             cases = quick_cases(golden) if c in quick else all_cases
-            runs += [{"device": CLIENTS[c].device, "dtype": v, "cases": cases} for v in plans[c]]
-        request = build_request(root, golden, all_cases, runs)
-        timeout = 120 + 900 * len(runs)  # the harness also times out each browser run at 900 s
-        raw = run_program(program, request, timeout, progress)
+            for v in plans[c]:
+                run = {"device": CLIENTS[c].device, "dtype": v, "cases": cases}
+                reason = device_lacks(root, man, v, CLIENTS[c].device)
+                if reason:
+                    skipped.append({**run, "status": "unsupported", "reason": reason, "cases": []})
+                    continue
+                runs.append({**run, **({"load": TRANSFORMERS_JS_LOAD[v]} if v in TRANSFORMERS_JS_LOAD else {})})
+        raw = {"client": "node" if program == CLIENTS["node"].program else "chromium", "runs": []}  # all skipped
+        if runs:
+            request = build_request(root, golden, all_cases, runs)
+            timeout = 120 + 900 * len(runs)  # the harness also times out each browser run at 900 s
+            raw = run_program(program, request, timeout, progress)
+        raw["runs"] = raw["runs"] + skipped
         for c in names:
             results[c] = _judge_client(c, raw, golden, man, ort)
     return results

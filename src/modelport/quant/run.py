@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .. import families
 from ..convert import ConvertRequest, check_target_request, run as convert_run
-from ..errors import ValidationFailed
+from ..errors import ModelportError, ValidationFailed
 from ..fsutil import check_output_dir, staging_dir
 from ..recipes import CAUSAL_LM, recipe_for
 from ..source import resolve
@@ -57,8 +57,10 @@ def run(req: SearchRequest, steps: Steps) -> tuple[Path, SearchResult]:
     family = families.get(recipe.family)
     cls = REGISTRY.converter_class(req.target, family.name)
     if cls.quantize_search is Converter.quantize_search:  # refused before any conversion work
-        converter_refusal = cls().quantize_search
-        converter_refusal(None)  # type: ignore[arg-type]  (raises the registry's one-line refusal)
+        pairs = [f"{t} ({f})" for t, f in REGISTRY.pairs()
+                 if REGISTRY.converter_class(t, f).quantize_search is not Converter.quantize_search]
+        raise ModelportError(f"quantize-search is not available for the {req.target} target with {family.name} "
+                             f"models yet (it searches: {', '.join(pairs) or 'nothing'})")
     spec = REGISTRY.target(req.target)
     require_packages(cls.requires, req.target, spec.extra, spec.image, "searching")
     converter = cls()

@@ -18,10 +18,13 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..errors import ModelportError
 from .plan import Plan
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # What each goal key means; "higher" says which direction is better.
 GOAL_KEYS: dict[str, tuple[str, bool]] = {
@@ -90,6 +93,24 @@ class Quality:
 
     def to_json(self) -> dict[str, float]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+DEV_QUERIES = 16  # dev-v1: texts 0..15 are the top-5 queries, the other 64 the corpus
+
+
+def dev_quality(reference: "np.ndarray", got: "np.ndarray", queries: int = DEV_QUERIES) -> Quality:
+    """One candidate's quality on the dev texts, the validator's way: cosine of each text's sentence
+    embedding against the float variant's (min, mean), and top-5 retrieval with the first `queries`
+    texts as queries over the others (metrics.topk_agreement: a neighbour within 0.005 of the
+    reference's 5th counts). Every target's search scores candidates with this one function."""
+    from ..metrics import cosine_rows, topk_agreement
+
+    cos = cosine_rows(reference, got)
+    n = len(cos)
+    if not 0 < queries < n - 5:
+        raise ValueError(f"{queries} queries leave no top-5 corpus among {n} dev texts")
+    top5, _ = topk_agreement(reference, got, list(range(queries)), list(range(queries, n)))
+    return Quality(cos_min=float(cos.min()), cos_mean=float(cos.mean()), top5=float(top5))
 
 
 @dataclass
@@ -182,7 +203,9 @@ class SearchResult:
     def table(self) -> list[str]:
         """The candidates as aligned text lines (what the CLI prints)."""
         front = {c.name for c in pareto(self.candidates)}
-        chosen = {c.name: v for v, c in self.chosen.items()}
+        chosen: dict[str, list[str]] = {}
+        for variant, c in self.chosen.items():
+            chosen.setdefault(c.name, []).append(variant)
         lines = [f"{'candidate':<34} {'size':>9} {'share':>6} {'bpw':>5}  quality"]
         for c in sorted(self.candidates, key=lambda c: c.size_bytes):
             if c.failed:
@@ -190,14 +213,18 @@ class SearchResult:
                 continue
             share = c.size_bytes / self.reference_bytes if self.reference_bytes else 0.0
             q = ", ".join(f"{k} {v:.4f}" if k != "kld_mean" else f"kld {v:.2e}" for k, v in c.quality.to_json().items())
-            mark = (" <- " + chosen[c.name]) if c.name in chosen else (" *" if c.name in front else "")
+            mark = (" <- " + ", ".join(chosen[c.name])) if c.name in chosen else (" *" if c.name in front else "")
             lines.append(f"{c.name:<34} {c.size_bytes / 1e6:>7.2f}MB {share:>6.1%} {c.bits_per_weight:>5.2f}  {q}"
                          f"{' (baseline)' if c.baseline else ''}{mark}")
         return lines
 
 
 def plot_pareto(result: SearchResult, path: Path) -> None:
-    """Size (share of fp32) against quality, the front joined, baselines and chosen variants marked."""
+    """Size (share of fp32) against quality, the front joined, baselines and chosen variants marked.
+
+    The quality axis spans the searched candidates (and the baselines near them): a peer tool that
+    broke the model (Olive's HQQ pass on MiniLM: mean cosine -0.01) is drawn at the axis edge with
+    its value in the label, instead of squashing every other point into one line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,32 +236,58 @@ def plot_pareto(result: SearchResult, path: Path) -> None:
     ref = result.reference_bytes or 1
     decoder = ok[0].quality.cos_mean is None
 
+    def x(c: Candidate) -> float:
+        return c.size_bytes / ref * 100
+
     def y(c: Candidate) -> float:
         return c.quality.kld_mean if decoder else c.quality.cos_mean  # type: ignore[return-value]
 
+    searched = [c for c in ok if not c.baseline] or ok
+    lo, hi = min(y(c) for c in searched), max(y(c) for c in searched)
+    if decoder:
+        bottom, top = lo / 3, hi * 3
+    else:
+        span = max(hi - lo, 0.01)
+        bottom, top = lo - 0.6 * span, min(1.0, hi) + 0.1 * span
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    searched = [c for c in ok if not c.baseline]
-    ax.scatter([c.size_bytes / ref * 100 for c in searched], [y(c) for c in searched], s=14, c="#888", label="searched")
+    ax.scatter([x(c) for c in searched], [y(c) for c in searched], s=14, c="#888", label="searched")
     base = [c for c in ok if c.baseline]
-    ax.scatter([c.size_bytes / ref * 100 for c in base], [y(c) for c in base], s=40, marker="x", c="#c33",
+    shown = {c.name: min(max(y(c), bottom), top) for c in base}
+    ax.scatter([x(c) for c in base], [shown[c.name] for c in base], s=40, marker="x", c="#c33",
                label="naive / peer tools")
+    xmax = max(x(c) for c in ok)
+
+    def label_points(points: dict[tuple[float, float], list[str]], dy: int, **style: Any) -> None:
+        """One label per point (names of coinciding candidates joined), kept inside the axes."""
+        for (px, py), names in points.items():
+            right = px > 0.6 * xmax
+            ax.annotate("\n".join(names), (px, py), xytext=(-4 if right else 4, dy), textcoords="offset points",
+                        ha="right" if right else "left", va="bottom" if dy > 0 else "top", **style)
+
+    at: dict[tuple[float, float], list[str]] = {}
     for c in base:
-        ax.annotate(c.name, (c.size_bytes / ref * 100, y(c)), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    front = pareto(ok)
-    ax.plot([c.size_bytes / ref * 100 for c in front], [y(c) for c in front], "-", c="#36c", lw=1, label="Pareto front")
+        name = c.name.split(" (")[0]  # the tool and pass; the settings are in search.json
+        off = "" if shown[c.name] == y(c) else f" (off scale: {y(c):.3g})"
+        at.setdefault((round(x(c), 1), round(shown[c.name], 4)), []).append(name + off)
+    label_points(at, 4, fontsize=6.5)
+    front = pareto(searched)
+    ax.plot([x(c) for c in front], [y(c) for c in front], "-", c="#36c", lw=1, label="Pareto front (searched)")
+    at = {}
     for variant, c in result.chosen.items():
-        ax.scatter([c.size_bytes / ref * 100], [y(c)], s=90, marker="*", c="#2a2", zorder=5)
-        ax.annotate(variant, (c.size_bytes / ref * 100, y(c)), fontsize=8, xytext=(4, -10), textcoords="offset points")
+        ax.scatter([x(c)], [y(c)], s=90, marker="*", c="#2a2", zorder=5)
+        at.setdefault((round(x(c), 1), round(y(c), 4)), []).append(variant)
+    label_points({k: [", ".join(v)] for k, v in at.items()}, -8, fontsize=8, weight="bold")
     for attr, limit in result.goal.limits.items():
         if attr == ("kld_mean" if decoder else "cos_mean"):
             ax.axhline(limit, ls="--", c="#2a2", lw=0.8, label=f"goal {limit:g}")
     if decoder:
         ax.set_yscale("log")
+    ax.set_ylim(bottom, top)
     ax.set_xlabel("size, % of fp32")
     ax.set_ylabel("mean KLD vs fp32 (dev texts)" if decoder else "mean cosine vs fp32 (dev texts)")
     ax.set_title(f"{result.model}: {result.target} quantization search")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right" if not decoder else "upper right")
+    ax.legend(fontsize=7, loc="center right")
     fig.tight_layout()
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)

@@ -53,6 +53,9 @@ class Variant:
     path: str  # relative to the artifact root
     precision: str
     description: str
+    # written only from a quantize-search plan (`convert --quant-plan`), never by default: a searched
+    # variant without a plan, or a plan without a searched variant, is refused before any model work
+    searched: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,8 @@ class Registry:
         if not cls.variants or not cls.defaults or set(cls.defaults) - set(cls.variants):
             raise ValueError(f"{cls.__name__}: defaults {cls.defaults} must be a non-empty subset of variants "
                              f"{tuple(cls.variants)}")
+        if any(cls.variants[v].searched for v in cls.defaults):
+            raise ValueError(f"{cls.__name__}: a searched variant needs a plan, so it cannot be a default")
         if not dataclasses.is_dataclass(cls.Options):
             raise ValueError(f"{cls.__name__}.Options must be a dataclass (its fields are the CLI flags)")
         self._converters[key] = cls
@@ -271,8 +276,8 @@ def parse_options(cls: type[Converter], given: Mapping[str, Any]) -> Any:
     fields = {f.name for f in dataclasses.fields(cls.Options)}
     for key in given:
         if key not in fields:
-            takes = f"it takes {', '.join('--' + k for k in sorted(fields))}" if fields else "it takes no options"
-            raise ModelportError(f"--{key} does not apply to the {cls.target} target for {cls.family} models ({takes})")
+            takes = f"it takes {', '.join('--' + k.replace('_', '-') for k in sorted(fields))}" if fields else "it takes no options"
+            raise ModelportError(f"--{key.replace('_', '-')} does not apply to the {cls.target} target for {cls.family} models ({takes})")
     return cls.Options(**dict(given))
 
 

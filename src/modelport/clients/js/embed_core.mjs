@@ -34,6 +34,17 @@ function rows(tensor) {
   return out;
 }
 
+/**
+ * transformers.js options that load variant `dtype`: its own dtype name (the file suffix it implies),
+ * or, for a variant that is no transformers.js dtype (modelport's searched q4mix), `load` =
+ * {dtype, model_file_name}: e.g. dtype 'fp32' (no suffix) + model_file_name 'model_q4mix' ->
+ * onnx/model_q4mix.onnx (transformers.js 4.x session_config / model-loader).
+ */
+export function loadOptions(device, dtype, load) {
+  if (!load) return { device, dtype };
+  return { device, dtype: load.dtype, model_file_name: load.model_file_name };
+}
+
 function errorText(e) {
   return String((e && (e.stack || e.message)) || e).slice(0, 1500);
 }
@@ -42,13 +53,13 @@ function errorText(e) {
  * Load `modelId` with `dtype` on `device` and run every case; returns a JSON-able record.
  * A load or run failure becomes {status: 'error'} so one bad variant never hides the others.
  */
-export async function runVariant(pipeline, { modelId, device, dtype, cases, pooling, normalize }) {
+export async function runVariant(pipeline, { modelId, device, dtype, load, cases, pooling, normalize }) {
   const record = { device, dtype, status: 'ok', cases: [] };
   if (!(pooling in POOLING)) return { ...record, status: 'error', reason: `unsupported pooling ${pooling}` };
   let extractor;
   try {
     const t0 = performance.now();
-    extractor = await pipeline('feature-extraction', modelId, { device, dtype });
+    extractor = await pipeline('feature-extraction', modelId, loadOptions(device, dtype, load));
     record.load_s = (performance.now() - t0) / 1000;
   } catch (e) {
     return { ...record, status: 'error', stage: 'load', reason: errorText(e) };
@@ -110,14 +121,14 @@ const MODEL_OUTPUTS = ['last_hidden_state', 'sentence_embedding'];
  * Load `modelId` with AutoModel (dtype, device) and run every case and probe; JSON-able record.
  * `tf` is the transformers.js module (AutoModel, AutoTokenizer, FeatureExtractionPipeline).
  */
-export async function runEmbedModel(tf, { modelId, device, dtype, cases, outputs, probes, bareQueries }) {
+export async function runEmbedModel(tf, { modelId, device, dtype, load, cases, outputs, probes, bareQueries }) {
   const record = { device, dtype, status: 'ok', mode: 'model', cases: [], probes: {} };
   let model;
   let tokenizer;
   try {
     const t0 = performance.now();
     tokenizer = await tf.AutoTokenizer.from_pretrained(modelId);
-    model = await tf.AutoModel.from_pretrained(modelId, { device, dtype });
+    model = await tf.AutoModel.from_pretrained(modelId, loadOptions(device, dtype, load));
     record.load_s = (performance.now() - t0) / 1000;
     record.padding_side = tokenizer.padding_side;
     record.model_class = model.constructor.name;

@@ -4,7 +4,8 @@
 //
 // request.json, by task (the same two tasks, and the same core modules, as the browser page):
 //   default (feature extraction, embed_core.mjs):
-//     {model_dir, pooling, normalize, cases: [{name, texts}], runs: [{device, dtype, cases: [names]}], out}
+//     {model_dir, pooling, normalize, cases: [{name, texts}], runs: [{device, dtype, load?, cases: [names]}], out}
+//     (load: {dtype, model_file_name} for a variant that is no transformers.js dtype, embed_core.loadOptions)
 //     with mode 'model' (graphs that finish the embedding: AutoModel + AutoTokenizer, runEmbedModel):
 //     also {outputs, probes: [pipeline poolings], bare_queries: [{text_id, text}]}
 //   task 'text-generation' (decoders, generate_core.mjs):
@@ -34,10 +35,11 @@ function runOne(run) {
   }
   const cases = req.cases.filter((c) => run.cases.includes(c.name));
   if (req.mode === 'model') {
-    return runEmbedModel(tf, { modelId, device: run.device, dtype: run.dtype, cases, outputs: req.outputs,
+    return runEmbedModel(tf, { modelId, device: run.device, dtype: run.dtype, load: run.load, cases, outputs: req.outputs,
       probes: req.probes, bareQueries: req.bare_queries });
   }
-  return runVariant(pipeline, { modelId, device: run.device, dtype: run.dtype, cases, pooling: req.pooling, normalize: req.normalize });
+  return runVariant(pipeline, { modelId, device: run.device, dtype: run.dtype, load: run.load, cases, pooling: req.pooling,
+    normalize: req.normalize });
 }
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));

@@ -555,18 +555,26 @@ def lm_extra_metrics(artifact: Path, variant: str, golden: Any) -> dict[str, Any
     ALL may run on the GPU / Neural Engine in float16, so it is gated by the fp16 decoder thresholds."""
     if not pkg.coreml_runtime_available():  # looked up on use: tests fake macOS
         return {}
+    from ... import kld
     from ...lm import evaluate_lm
-    from ...thresholds import check_lm
+    from ...thresholds import check_kld, check_lm
 
     package = Path(artifact) / VARIANTS[variant].path
     precision = VARIANTS[variant].precision
+    # the KLD report through Core ML itself, against the fp32 golden (kld.py); its gate, like the
+    # logits gate, is the variant's own on CPU_ONLY and fp16's (none) on ALL
+    kld_golden = kld.KLDGolden.load(artifact) if kld.KLDGolden.exists(artifact) else None
     extra: dict[str, Any] = {"failures": []}
     for units in pkg.COMPUTE_UNITS:
         gate = precision if units == "CPU_ONLY" else "fp16"
-        metrics = evaluate_lm(golden, predict_with_coreml(package, units))
+        runner = predict_with_coreml(package, units)
+        metrics = evaluate_lm(golden, runner)
         summary = {k: v for k, v in metrics.to_json().items() if k != "prompts"}
         extra[f"coreml_{units.lower()}"] = {"gate": gate, **summary}
         extra["failures"] += [f"Core ML {units}: {f}" for f in check_lm(gate, metrics)]
+        if kld_golden is not None:
+            report = extra[f"coreml_{units.lower()}"]["kld"] = kld.evaluate(kld_golden, runner).to_json()
+            extra["failures"] += [f"Core ML {units}: {f}" for f in check_kld(gate, report)]
     return extra
 
 

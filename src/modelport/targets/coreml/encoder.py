@@ -8,6 +8,9 @@ encoders (`CoreMLMultiVector`: BGE-M3).
     <out>/w8/model.mlpackage     fp16 compute, int8 weights with one scale per block of 32
     <out>/pal6/model.mlpackage   fp16 compute, 6-bit palettized weights (k-means look-up table)
     <out>/pal4/model.mlpackage   fp16 compute, 4-bit palettized weights
+    <out>/palmix/model.mlpackage palettes / 8-bit chosen per weight by `modelport quantize-search`
+                                 (targets/coreml/quantize.py), written only from its plan
+                                 (--quant-plan), gated at the strict q4mix goal
     <out>/config.json tokenizer.json tokenizer_config.json ...   (model_max_length = longest shape)
 
 Every package takes `input_ids`, `attention_mask` (+ `token_type_ids` for BERT), int32 [1, S], and
@@ -89,9 +92,13 @@ VARIANTS: dict[str, Variant] = {
         Variant("w8", "w8/model.mlpackage", "w8", "fp16 compute, int8 weights, symmetric, one scale per 32 weights"),
         Variant("pal6", "pal6/model.mlpackage", "pal6", "fp16 compute, 6-bit palettized weights (k-means LUT)"),
         Variant("pal4", "pal4/model.mlpackage", "pal4", "fp16 compute, 4-bit palettized weights (k-means LUT)"),
+        # Searched (targets/coreml/quantize.py): written only from a plan (--quant-plan), never by default.
+        Variant("palmix", "palmix/model.mlpackage", "q4mix", "fp16 compute, each weight palettized (4/6/8 bits) "
+                "or 8-bit as the quantize-search plan in the manifest says", searched=True),
     )
 }
-DEFAULT_VARIANTS = tuple(VARIANTS)
+SEARCHED_VARIANTS = ("palmix",)
+DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v not in SEARCHED_VARIANTS)
 OUTPUT_NAMES = ("last_hidden_state", "sentence_embedding")
 
 SHAPE_MODES = ("fixed", "range", "enumerated")
@@ -102,6 +109,7 @@ DEFAULT_ENUMERATED = (32, 64, 128, 256, 512)
 FEATURES: dict[str, tuple[str, str]] = {
     "ml-program": ("iOS15", "ML Program with int32 inputs and typed fp16/fp32 tensors"),
     "palettized-weights": ("iOS16", "palettized weights (constexpr_lut_to_dense, one table per tensor)"),
+    "grouped-palettes": ("iOS18", "palettized weights with one table per group of output channels"),
     "blockwise-int8-weights": ("iOS18", "int8 weights with a scale per block (constexpr_blockwise_shift_scale)"),
     "enumerated-shapes": ("iOS18", "enumerated shapes on several inputs (coremltools 9 allows them from iOS18)"),
 }
@@ -212,9 +220,10 @@ def adapt_recipe(recipe, shape: str | None):
     return dataclasses.replace(recipe, max_length=plan.max_length, notes=recipe.notes + (note,))
 
 
-def deployment_target(variant: str, plan: ShapePlan) -> tuple[str, list[str]]:
-    """The oldest iOS that has every feature of this package, and those features."""
-    features = list(VARIANT_FEATURES[variant]) + (["enumerated-shapes"] if plan.mode == "enumerated" else [])
+def deployment_target(variant: str, plan: ShapePlan, used: tuple[str, ...] | None = None) -> tuple[str, list[str]]:
+    """The oldest iOS that has every feature of this package, and those features (`used`: a
+    searched variant's, from its quantization plan)."""
+    features = list(used or VARIANT_FEATURES[variant]) + (["enumerated-shapes"] if plan.mode == "enumerated" else [])
     target = max((FEATURES[f][0] for f in features), key=lambda t: int(t[3:]))
     return target, [f"{FEATURES[f][0]}: {FEATURES[f][1]}" for f in features]
 
@@ -428,11 +437,16 @@ def _pad_token_id(config: dict[str, Any], model_dir: Path | None = None) -> int:
     return 0
 
 
-def convert(source, recipe, variants: list[str], out: Path, step: Step, shape: str | None = None) -> TargetInfo:
-    """Write the requested variants under `out`; returns the target section of the manifest."""
+def convert(source, recipe, variants: list[str], out: Path, step: Step, shape: str | None = None,
+            quant_plan: str | None = None) -> TargetInfo:
+    """Write the requested variants under `out`; returns the target section of the manifest.
+    Searched variants (palmix) are written from their quantization plan (`quant_plan`: the
+    --quant-plan folder or file), recorded under the variant with its digest."""
     from ... import milinterp
     from ...layout import copy_model_files
+    from ...quant.plan import plan_for
 
+    quant_plans = {v: plan_for(quant_plan, v, "coreml", source.name) for v in variants if v in SEARCHED_VARIANTS}
     plan = parse_shape(shape, recipe.max_length, min_flexible_length(recipe))
     if plan.max_length != recipe.max_length:
         raise ModelportError(f"recipe max_length {recipe.max_length} does not match {plan.describe()} (adapt_recipe)")
@@ -444,7 +458,12 @@ def convert(source, recipe, variants: list[str], out: Path, step: Step, shape: s
     converted: dict[tuple[bool, str], Any] = {}  # (fp16, target) -> converted model, shared by variants
     per_variant: dict[str, dict[str, Any]] = {}
     for name in variants:
-        target, features = deployment_target(name, plan)
+        used = None
+        if name in quant_plans:
+            from .quantize import plan_features
+
+            used = plan_features(quant_plans[name])
+        target, features = deployment_target(name, plan, used)
         step(f"write {name} ({VARIANTS[name].description}; {target})")
         fp16 = name != "fp32"
         with _quiet():
@@ -453,6 +472,10 @@ def convert(source, recipe, variants: list[str], out: Path, step: Step, shape: s
             mlmodel = converted[(fp16, target)]
             if name in ("w8", *PALETTE_BITS):
                 mlmodel = compress(mlmodel, name)
+            elif name in quant_plans:
+                from .quantize import apply_plan
+
+                mlmodel = apply_plan(mlmodel, quant_plans[name])
             describe(mlmodel, source, recipe, plan, card, pad_token_id)
             package = out / VARIANTS[name].path
             package.parent.mkdir(parents=True, exist_ok=True)
@@ -464,6 +487,8 @@ def convert(source, recipe, variants: list[str], out: Path, step: Step, shape: s
             "bytes": _package_bytes(package),
             "ops": milinterp.op_counts(package),
         }
+        if name in quant_plans:
+            per_variant[name].update(plan=quant_plans[name].to_json(), plan_sha256=quant_plans[name].digest())
     copy_model_files(source, recipe, out)
     return TargetInfo.of(
         "coreml", recipe.family, variants, VARIANTS, per_variant,
@@ -566,10 +591,37 @@ def load_runner(artifact: Path, variant: str) -> Runner:
     """The shipped package, run by the reference interpreter (every platform)."""
     from ... import milinterp
 
-    package = artifact / VARIANTS[variant].path
-    interpreter = milinterp.Interpreter(package)
-    ids_spec, pad = package_contract(package)
-    return row_runner(interpreter.run, ids_spec, pad, package_outputs(package))
+    return interpreter_runner(milinterp.Interpreter(artifact / VARIANTS[variant].path))
+
+
+def interpreter_runner(interpreter) -> Runner:
+    """A loaded package (milinterp.Interpreter) as a golden-case runner."""
+    ids_spec, pad = package_contract(interpreter.package)
+    return row_runner(interpreter.run, ids_spec, pad, package_outputs(interpreter.package))
+
+
+# ---------------------------------------------------------------------------------------------
+# What the quantization search (quantize.py) takes from this converter
+
+
+def fp16_program(source, recipe, shape: str, target: str):
+    """The fp16 ML Program of `--shape shape` for one deployment target (no package written)."""
+    plan = parse_shape(shape, recipe.max_length, min_flexible_length(recipe))
+    with _quiet():
+        return convert_program(export_program(source, recipe, plan), recipe, plan, True, target)
+
+
+def sentence_embeddings(interpreter, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """Sentence embeddings of every row of `feeds`, each row run alone at the package's length."""
+    outputs = package_outputs(interpreter.package)
+    return interpreter_runner(interpreter)(feeds)[outputs.index("sentence_embedding")]
+
+
+def search_hooks():
+    from .quantize import EncoderHooks
+
+    return EncoderHooks(adapt_recipe=adapt_recipe, fp16_program=fp16_program, embed=sentence_embeddings,
+                        fp32_package=VARIANTS["fp32"].path)
 
 
 def extra_metrics(artifact: Path, variant: str, run: Runner, golden) -> dict[str, Any]:
@@ -645,12 +697,20 @@ class CoreMLEncoder(Converter):
     @dataclass(frozen=True)
     class Options:
         shape: str | None = None  # fixed[:N] | range[:LO-HI] | enumerated[:A,B,...]
+        quant_plan: str | None = None  # searched variants (palmix): a quantize-search folder or plan file
 
     def adapt_recipe(self, recipe: Any, options: Options) -> Any:
         return adapt_recipe(recipe, options.shape)
 
     def convert(self, ctx: ConvertContext) -> TargetInfo:
-        return convert(ctx.source, ctx.recipe, ctx.variants, ctx.out, ctx.step, shape=ctx.options.shape)
+        return convert(ctx.source, ctx.recipe, ctx.variants, ctx.out, ctx.step, shape=ctx.options.shape,
+                       quant_plan=ctx.options.quant_plan)
+
+    def quantize_search(self, ctx: Any) -> Any:
+        """Palette search for `palmix` (targets/coreml/quantize.py)."""
+        from .quantize import search
+
+        return search(ctx, search_hooks())
 
     def open(self, artifact: Path) -> CoreMLEncoderSession:
         return CoreMLEncoderSession(artifact)
@@ -666,6 +726,10 @@ class CoreMLDecoderEmbedder(CoreMLEncoder):
     sliding_attention layers, for EmbeddingGemma): `torch_model.decoder_attention_masks`."""
 
     family = DECODER_EMBEDDER_FAMILY.name
+    # The palette search is for sentence encoders (its dev-set judgement and embedding-table rule are
+    # measured there); these families keep the fixed variants and the registry's refusal.
+    variants = {k: v for k, v in VARIANTS.items() if k not in SEARCHED_VARIANTS}
+    quantize_search = Converter.quantize_search
 
 
 @register
@@ -673,3 +737,5 @@ class CoreMLMultiVector(CoreMLEncoder):
     """BGE-M3: the same export with two more named outputs, sparse_weights and colbert_vectors."""
 
     family = MULTI_VECTOR_FAMILY.name
+    variants = {k: v for k, v in VARIANTS.items() if k not in SEARCHED_VARIANTS}  # as CoreMLDecoderEmbedder
+    quantize_search = Converter.quantize_search

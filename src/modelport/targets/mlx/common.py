@@ -72,9 +72,18 @@ def lm_quantizable(group_size: int) -> Callable[[str, Any], bool]:
     return predicate
 
 
-def stored_quantized(weights: dict[str, Any]) -> Callable[[str, Any], bool]:
-    """Loading a folder: quantize exactly the layers whose `.scales` the file holds (as mlx-lm does)."""
-    return lambda path, module: f"{path}.scales" in weights
+def stored_quantized(weights: dict[str, Any], quantization: dict[str, Any] | None = None) -> Callable[[str, Any], Any]:
+    """Loading a folder: quantize exactly the layers whose `.scales` the file holds (as mlx-lm does), each
+    with its own {"group_size", "bits"} where config.json's `quantization` names the layer (mlx-lm's
+    per-layer form, which the searched q4mix folders use), else with the top-level ones."""
+    per_layer = {k: v for k, v in (quantization or {}).items() if isinstance(v, dict)}
+
+    def predicate(path: str, module: Any) -> Any:
+        if f"{path}.scales" not in weights:
+            return False
+        return dict(per_layer[path]) if path in per_layer else True
+
+    return predicate
 
 
 # --- weights --------------------------------------------------------------------------------------

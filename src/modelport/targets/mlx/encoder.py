@@ -5,7 +5,10 @@ loadable folder per variant.
     <out>/f16/  model.safetensors (float16 weights; MLX computes in float16)
     <out>/q8/   8-bit group-wise affine weights + config.json "quantization": {"group_size", "bits": 8}
     <out>/q4/   4-bit, same layout
-    <out>/reference/dequant_q8.npz, dequant_q4.npz   PyTorch run with the dequantized weights
+    <out>/q4mix/  searched (`--variants q4mix --quant-plan PLAN`, never by default): 4-bit GPTQ weights with
+                the most sensitive layers at 5/6/8 bits, float16 scales and biases; per-layer widths in
+                config.json's `quantization` (mlx-lm's form); the plan and its sha256 in the manifest (quantize.py)
+    <out>/reference/dequant_q8.npz, dequant_q4.npz (, dequant_q4mix.npz)   PyTorch run with the dequantized weights
 
 Each variant folder is what MLX loaders read (mlx-lm / mlx-embeddings conventions: config.json +
 model.safetensors with the checkpoint's own tensor names, `quantization` in config.json, layers with
@@ -25,6 +28,7 @@ PyTorch, which must agree to fp32 precision).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +42,23 @@ from ...manifest import TargetInfo
 from ...metrics import case_diff
 from ...recipes import ARCHITECTURES
 from ...thresholds import DEQUANT_RUNTIME_MAX_ABS
-from ..registry import ConvertContext, NoOptions, register
+from ..registry import ConvertContext, Variant, register
 from .common import (BITS, WEIGHTS, MLXConverter, MLXSession, Step, dequant_path, dequantized_weights,
                      encoder_quantizable, stored_quantized, variant_table, write_variant_folders)
+from .quantize import SEARCHED
 
 __all__ = ["DEFAULT_VARIANTS", "VARIANTS", "MLXEncoder", "convert", "dequantized_weights", "extra_metrics",
            "load_model", "load_runner"]
 
-VARIANTS = variant_table(f16="float16 weights and compute", quantized="Linear + word embeddings")
-DEFAULT_VARIANTS = tuple(VARIANTS)
+VARIANTS = {
+    **variant_table(f16="float16 weights and compute", quantized="Linear + word embeddings"),
+    # Searched (quantize.py): written only from a plan (--quant-plan), never by default; gated at the goal
+    # it was searched for (thresholds "q4mix"), not at the round-to-nearest q4 gate.
+    SEARCHED: Variant(SEARCHED, f"{SEARCHED}/{WEIGHTS}", "q4mix",
+                      "searched 4-bit group-wise affine weights (GPTQ / least-squares scales, the most sensitive "
+                      "layers at 8 bits; float16 scales and biases), from a quantize-search plan", searched=True),
+}
+DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v != SEARCHED)
 
 
 def _build_model(config: dict[str, Any]):
@@ -59,13 +71,24 @@ def _build_model(config: dict[str, Any]):
     return family(model_type).Model(config, position_offset=arch.position_offset)
 
 
-def convert(source, recipe, variants: list[str], out: Path, step: Step) -> TargetInfo:
-    """Write each requested variant folder, and the dequantized-weights reference per quantized one."""
+def convert(source, recipe, variants: list[str], out: Path, step: Step, quant_plan: str | None = None) -> TargetInfo:
+    """Write each requested variant folder, and the dequantized-weights reference per quantized one
+    (q4mix: from the plan, quantize.write_searched)."""
+    from ...reference import Golden
+    from . import quantize
     from .models import family
 
+    plan = quantize.load_plan(quant_plan) if SEARCHED in variants else None  # refused before any work
     to_mlx = family(read_json(source.path / "config.json")["model_type"]).checkpoint_weights
-    extras, _ = write_variant_folders(source, recipe, variants, out, step, {n: v.description for n, v in VARIANTS.items()},
-                                      _build_model, to_mlx, encoder_quantizable)
+    plain = [v for v in variants if v != SEARCHED]
+    extras: dict[str, dict[str, Any]] = {}
+    if plain:
+        extras, _ = write_variant_folders(source, recipe, plain, out, step,
+                                          {n: v.description for n, v in VARIANTS.items()}, _build_model, to_mlx,
+                                          encoder_quantizable)
+    if plan is not None:
+        extras[SEARCHED] = quantize.write_searched(source, recipe, plan, out, step, Golden.load(out), _build_model,
+                                                   load_model)
     return TargetInfo.of("mlx", ENCODER.name, variants, VARIANTS, per_variant=extras,
                          layout="mlx (config.json + model.safetensors per variant)")
 
@@ -81,7 +104,7 @@ def load_model(folder: Path):
     if "quantization" in config:
         q = config["quantization"]
         nn.quantize(model, group_size=q["group_size"], bits=q["bits"],
-                    class_predicate=stored_quantized(weights))
+                    class_predicate=stored_quantized(weights, q))
     model.load_weights(list(weights.items()), strict=True)
     if any(v.dtype == mx.float16 for k, v in weights.items() if not k.endswith((".scales", ".biases"))):
         model.set_dtype(mx.float16)
@@ -128,7 +151,7 @@ def extra_metrics(artifact: Path, variant: str, run: EncoderRunner, golden) -> d
     runtime: MLX vs PyTorch with the same dequantized weights (must agree to fp32 precision;
              gated at DEQUANT_RUNTIME_MAX_ABS)
     """
-    if variant not in BITS:
+    if variant not in BITS and variant != SEARCHED:
         return {}
     with np.load(artifact / dequant_path(variant)) as z:
         deq = {k: z[k] for k in z.files}
@@ -176,10 +199,18 @@ class MLXEncoder(MLXConverter):
     family = ENCODER.name
     variants = VARIANTS
     defaults = DEFAULT_VARIANTS
-    Options = NoOptions
+
+    @dataclass(frozen=True)
+    class Options:
+        quant_plan: str | None = None  # q4mix: a quantize-search folder or plan-q4mix.json
 
     def convert(self, ctx: ConvertContext) -> TargetInfo:
-        return convert(ctx.source, ctx.recipe, ctx.variants, ctx.out, ctx.step)
+        return convert(ctx.source, ctx.recipe, ctx.variants, ctx.out, ctx.step, quant_plan=ctx.options.quant_plan)
+
+    def quantize_search(self, ctx):
+        from .quantize import quantize_search
+
+        return quantize_search(ctx, _build_model)
 
     def open(self, artifact: Path) -> MLXEncoderSession:
         return MLXEncoderSession(artifact)

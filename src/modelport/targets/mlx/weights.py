@@ -19,13 +19,16 @@ from ...weight_stats import as_float, read_safetensors
 
 
 def dequantize(packed: np.ndarray, scales: np.ndarray, biases: np.ndarray, group_size: int, bits: int) -> np.ndarray:
-    """mlx.core.dequantize in numpy, for the bit widths that pack whole values into a uint32 (2, 4, 8)."""
-    if 32 % bits:
-        raise ValueError(f"{bits}-bit MLX weights are not read here (values straddle uint32 words)")
-    per_word = 32 // bits
-    shifts = (np.arange(per_word, dtype=np.uint32) * bits).astype(np.uint32)
-    q = (packed[..., None] >> shifts) & np.uint32((1 << bits) - 1)
-    q = q.reshape(*packed.shape[:-1], packed.shape[-1] * per_word).astype(np.float32)
+    """mlx.core.dequantize in numpy, every affine width (2, 3, 4, 5, 6, 8 bits)."""
+    if 32 % bits:  # 3/5/6-bit codes straddle uint32 words: one little-endian bit stream per row
+        stream = np.unpackbits(np.ascontiguousarray(packed, dtype="<u4").view(np.uint8), axis=-1, bitorder="little")
+        stream = stream.reshape(*packed.shape[:-1], -1, bits).astype(np.uint32)
+        q = (stream << np.arange(bits, dtype=np.uint32)).sum(-1, dtype=np.uint32).astype(np.float32)
+    else:
+        per_word = 32 // bits
+        shifts = (np.arange(per_word, dtype=np.uint32) * bits).astype(np.uint32)
+        q = (packed[..., None] >> shifts) & np.uint32((1 << bits) - 1)
+        q = q.reshape(*packed.shape[:-1], packed.shape[-1] * per_word).astype(np.float32)
     s = np.repeat(scales.astype(np.float32), group_size, axis=-1)
     b = np.repeat(biases.astype(np.float32), group_size, axis=-1)
     return q * s + b

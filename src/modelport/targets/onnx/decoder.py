@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ...errors import ModelportError
 from ...families import DECODER
 from ...manifest import TargetInfo
 from ..registry import ArtifactSession, ConvertContext, Variant, register
@@ -396,29 +397,50 @@ def _tied_policy(recipe) -> str:
 
 
 class OrtLMRunner:
-    """lm.LMRunner over one ONNX decoder file: the cache travels as numpy arrays between calls."""
+    """lm.LMRunner over one ONNX KV-cache decoder file: the cache travels as numpy arrays between calls.
 
-    def __init__(self, path: Path, threads: int = 2) -> None:
+    It feeds only the inputs the graph takes, so it also runs graphs other exporters wrote (`modelport
+    audit`): position_ids and optimum's use_cache_branch are optional. Our graphs fix the KV-head and
+    head_dim numbers (name_dims); where a graph leaves them symbolic, `config` (config.json) gives them.
+    """
+
+    def __init__(self, path: Path, threads: int = 2, config: dict[str, Any] | None = None) -> None:
         import onnxruntime as ort
 
         self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
         inputs = {i.name: i for i in self.session.get_inputs()}
+        self.inputs = set(inputs)
         self.past = [n for n in inputs if n.startswith("past_key_values.")]
+        if not self.past:
+            raise ModelportError(f"{path.name} takes no past_key_values: not a KV-cache decoder graph")
         self.outputs = [o.name for o in self.session.get_outputs()]
         dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-        # batch 1, no past tokens; KV heads and head_dim are fixed numbers in the graph (name_dims)
-        self.empty = {n: np.zeros((1, inputs[n].shape[1], 0, inputs[n].shape[3]), dtype=dtypes[inputs[n].type])
-                      for n in self.past}
+
+        def dim(value: Any, key: str) -> int:
+            if isinstance(value, int):
+                return value
+            if config is None:
+                raise ModelportError(f"{path.name}: the cache's {key} is symbolic and no config.json was given")
+            heads = int(config["num_attention_heads"])
+            return int(config.get("num_key_value_heads") or heads) if key == "heads" else \
+                int(config.get("head_dim") or config["hidden_size"] // heads)
+
+        # batch 1, no past tokens
+        self.empty = {n: np.zeros((1, dim(inputs[n].shape[1], "heads"), 0, dim(inputs[n].shape[3], "head_dim")),
+                                  dtype=dtypes[inputs[n].type]) for n in self.past}
 
     def _run(self, ids: np.ndarray, past: dict[str, np.ndarray], past_len: int) -> tuple[np.ndarray, tuple]:
         n = ids.shape[1]
         feed = {"input_ids": ids.astype(np.int64),
-                "attention_mask": np.ones((1, past_len + n), dtype=np.int64),
-                "position_ids": np.arange(past_len, past_len + n, dtype=np.int64)[None]}
+                "attention_mask": np.ones((1, past_len + n), dtype=np.int64)}
+        if "position_ids" in self.inputs:
+            feed["position_ids"] = np.arange(past_len, past_len + n, dtype=np.int64)[None]
+        if "use_cache_branch" in self.inputs:
+            feed["use_cache_branch"] = np.array([past_len > 0])
         feed.update(past)
         outs = dict(zip(self.outputs, self.session.run(None, feed)))
         present = {k.replace("present.", "past_key_values."): v for k, v in outs.items() if k.startswith("present.")}
-        return outs["logits"][0].astype(np.float32), (present, past_len + n)
+        return np.asarray(outs["logits"][0], dtype=np.float32), (present, past_len + n)
 
     def prefill(self, input_ids: np.ndarray) -> tuple[np.ndarray, Any]:
         return self._run(np.asarray(input_ids).reshape(1, -1), self.empty, 0)

@@ -7,8 +7,11 @@
     <out>/onnx/model_uint8.onnx      dynamic int8, unsigned weights, per-channel scales
     <out>/onnx/model_q4.onnx         4-bit MatMulNBits, block 32, symmetric
     <out>/onnx/model_q4f16.onnx      the fp16 model with 4-bit MatMulNBits
+    <out>/onnx/model_q4mix.onnx      searched (quantize.py): only from a plan, `--quant-plan`
+    <out>/onnx/model_q4mix_wasm.onnx searched, only operators browser wasm runs
 
-Each file is what transformers.js loads for `dtype: fp32|fp16|q8|uint8|q4|q4f16`.
+Each file is what transformers.js loads for `dtype: fp32|fp16|q8|uint8|q4|q4f16`; the searched ones
+load with dtype fp32 + model_file_name (clients.TRANSFORMERS_JS_LOAD).
 The graph's outputs are the recipe's: `last_hidden_state` (what transformers.js' feature-extraction
 pipeline pools itself: right only for plain mean/CLS models) and `sentence_embedding` (the whole
 sentence-transformers head: pooling, Dense layers, normalization, truncation), plus BGE-M3's
@@ -23,14 +26,18 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from ...errors import ModelportError
 from ...families import DECODER_EMBEDDER_FAMILY, ENCODER, MULTI_VECTOR_FAMILY
 from ...manifest import TargetInfo
-from ..registry import ArtifactSession, ConvertContext, Variant, register
+from ...quant.plan import Plan
+from ..registry import ArtifactSession, ConvertContext, Converter, NoOptions, Variant, register
 from .ort import OPSET, OnnxConverter, Q4_BLOCK, needs_external_data, quantize_q4, session_options
+from .quantize import SEARCHED_VARIANTS, WASM_EMBEDDING_FORMATS
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -41,9 +48,19 @@ VARIANTS: dict[str, Variant] = {
         Variant("uint8", "onnx/model_uint8.onnx", "uint8", "dynamic int8, per-channel QUInt8 weights"),
         Variant("q4", "onnx/model_q4.onnx", "q4", f"4-bit MatMulNBits block {Q4_BLOCK} sym"),
         Variant("q4f16", "onnx/model_q4f16.onnx", "q4f16", f"fp16 + 4-bit MatMulNBits block {Q4_BLOCK} sym"),
+        # Searched variants (quantize.py): written only from a plan (`--quant-plan`), never by default.
+        # transformers.js loads them with dtype fp32 + model_file_name (clients.TRANSFORMERS_JS_LOAD).
+        Variant("q4mix", "onnx/model_q4mix.onnx", "q4mix",
+                "searched 4-bit: GPTQ MatMulNBits, sensitive layers 8-bit, quantized embedding (plan)", searched=True),
+        Variant("q4mix-wasm", "onnx/model_q4mix_wasm.onnx", "q4mix",
+                "searched 4-bit with only operators browser wasm runs (int8-row or float embedding) (plan)",
+                searched=True),
     )
 }
-DEFAULT_VARIANTS = tuple(VARIANTS)
+DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v not in SEARCHED_VARIANTS)
+
+if TYPE_CHECKING:
+    from ...quant.search import SearchContext, SearchResult
 
 Step = Callable[[str], Any]
 # feeds -> the graph's outputs in recipe.outputs order: what families.encoder judges
@@ -145,8 +162,10 @@ def write_layout(source, recipe, out: Path) -> list[str]:
     return copy_model_files(source, recipe, out)
 
 
-def convert(source, recipe, variants: list[str], out: Path, step: Step) -> TargetInfo:
-    """Write the requested variants under `out`; returns the target section of the manifest."""
+def convert(source, recipe, variants: list[str], out: Path, step: Step, plans: dict[str, Plan] | None = None) -> TargetInfo:
+    """Write the requested variants under `out`; returns the target section of the manifest.
+    `plans`: the plan of each searched variant requested (q4mix, q4mix-wasm), recorded in the manifest."""
+    plans = plans or {}
     (out / "onnx").mkdir(parents=True, exist_ok=True)
     path = {name: out / VARIANTS[name].path for name in VARIANTS}
     fp32 = path["fp32"]
@@ -164,16 +183,38 @@ def convert(source, recipe, variants: list[str], out: Path, step: Step) -> Targe
         fp16_tmp = True
         builders["fp16"]()
     for name in variants:
-        if name != "fp32":
+        if name != "fp32" and name not in SEARCHED_VARIANTS:
             step(f"write {name} ({VARIANTS[name].description})")
             builders[name]()
+    if plans:
+        from .quantize import write_variants
+
+        write_variants(fp32, plans, {v: path[v] for v in plans}, source, recipe, step)
     if fp16_tmp:
         path["fp16"].unlink()
     if "fp32" not in variants:
         fp32.unlink()
     write_layout(source, recipe, out)
-    return TargetInfo.of("onnx", recipe.family, variants, VARIANTS, opset=OPSET, layout="transformers.js",
-                         outputs=list(recipe.outputs))
+    per_variant = {v: {"plan": p.to_json(), "plan_sha256": p.digest()} for v, p in plans.items()}
+    return TargetInfo.of("onnx", recipe.family, variants, VARIANTS, per_variant=per_variant, opset=OPSET,
+                         layout="transformers.js", outputs=list(recipe.outputs))
+
+
+def searched_plans(quant_plan: str | None, variants: list[str], model: str) -> dict[str, Plan]:
+    """The plan of every searched variant requested; one clear line when one is missing or does not fit
+    (checked before the export: a refusal costs no conversion work)."""
+    from ...quant.plan import plan_for
+
+    searched = [v for v in variants if v in SEARCHED_VARIANTS]
+    if quant_plan and not searched:
+        raise ModelportError(f"--quant-plan is only used by the searched variants; add them: --variants "
+                             f"{','.join(variants + list(SEARCHED_VARIANTS))}")
+    plans = {v: plan_for(quant_plan, v, "onnx", model) for v in searched}
+    wasm = plans.get("q4mix-wasm")
+    if wasm is not None and wasm.options.get("embedding_format", "float") not in WASM_EMBEDDING_FORMATS:
+        raise ModelportError(f"the q4mix-wasm plan stores the embedding as {wasm.options.get('embedding_format')}, "
+                             f"which browser wasm cannot run (use one of {', '.join(WASM_EMBEDDING_FORMATS)})")
+    return plans
 
 
 def load_runner(artifact: Path, variant: str, threads: int = 2) -> EncoderRunner:
@@ -203,8 +244,29 @@ class OnnxEncoder(OnnxConverter):
     variants = VARIANTS
     defaults = DEFAULT_VARIANTS
 
+    @dataclass(frozen=True)
+    class Options:
+        quant_plan: str | None = None  # --quant-plan: a quantize-search folder or one plan-<variant>.json
+
+        def __post_init__(self) -> None:
+            if self.quant_plan is None:
+                return
+            path = Path(self.quant_plan)
+            if not path.exists():
+                raise ModelportError(f"--quant-plan {self.quant_plan} does not exist")
+            for file in sorted(path.glob("plan-*.json")) if path.is_dir() else [path]:
+                plan = Plan.load(file)
+                if plan.target != "onnx":
+                    raise ModelportError(f"--quant-plan {file} is a plan for the {plan.target} target, not onnx")
+
     def convert(self, ctx: ConvertContext) -> TargetInfo:
-        return convert(ctx.source, ctx.recipe, ctx.variants, ctx.out, ctx.step)
+        plans = searched_plans(getattr(ctx.options, "quant_plan", None), ctx.variants, ctx.source.name)
+        return convert(ctx.source, ctx.recipe, ctx.variants, ctx.out, ctx.step, plans)
+
+    def quantize_search(self, ctx: "SearchContext") -> "SearchResult":
+        from .quantize import search
+
+        return search(ctx)
 
     def open(self, artifact: Path) -> OnnxEncoderSession:
         return OnnxEncoderSession(artifact)
@@ -220,6 +282,12 @@ class OnnxDecoderEmbedder(OnnxEncoder):
 
 @register
 class OnnxMultiVector(OnnxEncoder):
-    """BGE-M3: the same export with two more named outputs, sparse_weights and colbert_vectors."""
+    """BGE-M3: the same export with two more named outputs, sparse_weights and colbert_vectors.
+
+    No searched variants (q4mix): the search judges the sentence embedding only, and this family's
+    sparse / ColBERT gates have no searched-variant row yet."""
 
     family = MULTI_VECTOR_FAMILY.name
+    variants = {k: v for k, v in VARIANTS.items() if k not in SEARCHED_VARIANTS}
+    Options = NoOptions
+    quantize_search = Converter.quantize_search

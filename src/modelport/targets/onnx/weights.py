@@ -4,8 +4,9 @@
 One pass over the graph's initializers, external data read tensor by tensor (never the whole
 model at once): float initializers as stored (fp32 / fp16); 8-bit weights of dynamic quantization
 (`<w>_quantized` with `<w>_scale` / `<w>_zero_point`, consumed by MatMulInteger or DequantizeLinear)
-dequantized; 4-bit MatMulNBits weights dequantized (dequantize_matmul_nbits, the same code the decoder's
-dequantized-weights golden uses). Scales and zero points are not weights and are not yielded.
+dequantized; 4- and 8-bit MatMulNBits weights dequantized (dequantize_matmul_nbits, the same code the
+decoder's dequantized-weights golden uses); GatherBlockQuantized tables and the int8-row embedding
+(`<w>_quantized` + `<w>_scale` per row) of the searched variants dequantized. Scales and zero points are not weights and are not yielded.
 Needs onnx and numpy only.
 """
 
@@ -43,26 +44,54 @@ def _dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis:
 def dequantize_matmul_nbits(node, inits: dict[str, Any]) -> np.ndarray:
     """A MatMulNBits weight as the float [N, K] (= nn.Linear [out, in]) matrix the kernel uses.
 
-    Layout (onnxruntime contrib op): B uint8 [N, blocks, block_size/2], two 4-bit values per byte,
-    low nibble first; scales [N * blocks]; no zero_points input = symmetric, zero point 8.
+    Layout (onnxruntime contrib op): B uint8 [N, blocks, block_size * bits / 8], 4-bit values two per
+    byte, low nibble first (8-bit: one per byte); scales [N * blocks]; zero_points uint8, each row's
+    packed the same way and padded to whole bytes; no zero_points input = symmetric, zero point
+    2^(bits-1) (8 for 4-bit, 128 for 8-bit).
     """
     import onnx
     from onnx import numpy_helper
 
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     K, N, block, bits = attrs["K"], attrs["N"], attrs["block_size"], attrs.get("bits", 4)
-    if bits != 4:
+    if bits not in (4, 8):
         raise ValueError(f"{node.name}: {bits}-bit MatMulNBits is not handled")
     packed = numpy_helper.to_array(inits[node.input[1]]).reshape(N, -1)
-    q = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(N, -1)[:, :K].astype(np.float32)
+    q = unpack(packed, bits)[:, :K].astype(np.float32)
     blocks = (K + block - 1) // block
     scales = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32).reshape(N, blocks)
-    zero = np.float32(8.0)
+    zero = np.float32(2 ** (bits - 1))
     if len(node.input) > 3 and node.input[3]:
         z = numpy_helper.to_array(inits[node.input[3]]).reshape(N, -1)
-        zero = np.stack([z & 0x0F, z >> 4], axis=-1).reshape(N, -1)[:, :blocks].astype(np.float32)
+        zero = unpack(z, bits)[:, :blocks].astype(np.float32)
         zero = np.repeat(zero, block, axis=1)[:, :K]
     return (q - zero) * np.repeat(scales, block, axis=1)[:, :K]
+
+
+def unpack(packed: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 bytes [rows, n] -> codes [rows, n * 8 / bits], low bits first."""
+    if bits == 8:
+        return packed
+    return np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(packed.shape[0], -1)
+
+
+def dequantize_gather_block(node, inits: dict[str, Any]) -> np.ndarray:
+    """A GatherBlockQuantized table (uint8 storage, gather_axis 0, quantize_axis 1) as floats [vocab, dim]."""
+    import onnx
+    from onnx import numpy_helper
+
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    bits, block = attrs.get("bits", 4), attrs.get("block_size", 128)
+    if attrs.get("quantize_axis", 1) != 1 or attrs.get("gather_axis", 0) != 0:
+        raise ValueError(f"{node.name}: GatherBlockQuantized with other axes is not handled")
+    packed = numpy_helper.to_array(inits[node.input[0]])
+    q = unpack(packed.reshape(packed.shape[0], -1), bits).astype(np.float32)
+    scales = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
+    zero = np.float32(2 ** (bits - 1))
+    if len(node.input) > 3 and node.input[3]:
+        z = numpy_helper.to_array(inits[node.input[3]])
+        zero = np.repeat(unpack(z.reshape(z.shape[0], -1), bits)[:, :scales.shape[1]].astype(np.float32), block, 1)
+    return (q - zero) * np.repeat(scales, block, axis=1)
 
 
 def onnx_weights(path: Path) -> Iterator[tuple[str, np.ndarray, int | None]]:
@@ -92,7 +121,32 @@ def onnx_weights(path: Path) -> Iterator[tuple[str, np.ndarray, int | None]]:
         loaded = {n: numpy_helper.from_array(array(n), n) for n in names}
         bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
         not_weights.update(names)
-        yield node.input[1].removesuffix("_Q4"), dequantize_matmul_nbits(node, loaded), bits
+        yield node.input[1].removesuffix(f"_Q{bits}"), dequantize_matmul_nbits(node, loaded), bits
+    # GatherBlockQuantized embedding tables (searched variants, quantize.py): [vocab, dim]
+    for node in proto.graph.node:
+        if node.op_type != "GatherBlockQuantized" or node.input[0] not in inits:
+            continue
+        names = [n for i, n in enumerate(node.input) if n and i != 1]
+        loaded = {n: numpy_helper.from_array(array(n), n) for n in names}
+        bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
+        not_weights.update(names)
+        yield node.input[0].removesuffix(f"_Q{bits}"), dequantize_gather_block(node, loaded), bits
+    # 4-bit blocks unpacked by standard operators (quantize.py's uint4_std embedding): <w>_Q4 [rows, cols/2]
+    # + <w>_scales [rows, blocks] (+ <w>_zero_points packed like the codes; none: 8), read by no contrib op
+    for name in list(inits):
+        base = name.removesuffix("_Q4")
+        if name == base or name in not_weights or f"{base}_scales" not in inits:
+            continue
+        packed, scales = array(name), array(f"{base}_scales")
+        if packed.dtype != np.uint8 or packed.ndim != 2 or scales.ndim != 2:
+            continue
+        codes = unpack(packed, 4).astype(np.float32)
+        block = codes.shape[1] // scales.shape[1]
+        z: Any = np.float32(8.0)
+        if f"{base}_zero_points" in inits:
+            z = np.repeat(unpack(array(f"{base}_zero_points"), 4)[:, :scales.shape[1]].astype(np.float32), block, 1)
+        not_weights.update({name, f"{base}_scales", f"{base}_zero_points"})
+        yield base, (codes - z) * np.repeat(scales.astype(np.float32), block, 1), 4
     # 8-bit: <w>_quantized + <w>_scale (+ <w>_zero_point)
     for name in list(inits):
         if not name.endswith("_quantized") or name in not_weights:
