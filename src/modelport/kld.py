@@ -239,12 +239,6 @@ def first_divergence(prompts: list[Any]) -> dict[str, int]:
     return {p.name: int(p.greedy_prefix) for p in prompts}
 
 
-def runner_context(runner: Any) -> int | None:
-    """The longest sequence the runner accepts (a Core ML package's state length), if it has one."""
-    context = getattr(runner, "context", None)
-    return int(context) if context else None
-
-
 def evaluate(golden: KLDGolden, runner: LMRunner, prompts: list[Any] | None = None,
              progress: Callable[[], Any] | None = None) -> KLDReport:
     """Prefill every window through `runner` and compare with the golden. `prompts`: the variant's
@@ -253,7 +247,7 @@ def evaluate(golden: KLDGolden, runner: LMRunner, prompts: list[Any] | None = No
     A runner whose context is shorter than a window scores the window's first `context` positions:
     causal logits there depend on nothing later, so the golden's rows still apply."""
     ids = golden.input_ids
-    keep = min(ids.shape[1], runner_context(runner) or ids.shape[1])
+    keep = min(ids.shape[1], runner.context or ids.shape[1])
     rows = []
     for w in range(ids.shape[0]):
         logits, _ = runner.prefill(ids[w:w + 1, :keep])

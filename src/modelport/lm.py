@@ -161,6 +161,9 @@ class LMRunner(Protocol):
     and returns the logits at that position plus the new state.
     """
 
+    # the longest sequence the runner accepts (a stateful Core ML package's KV length); None: unbounded
+    context: int | None
+
     def prefill(self, input_ids: np.ndarray) -> tuple[np.ndarray, Any]:
         """[1, T] int64 -> (logits [T, V] float32, state)."""
         ...

@@ -27,6 +27,8 @@ class ToyLM:
     positions decode uses (wrong position ids). Both must be caught by evaluate_lm.
     """
 
+    context: int | None = None  # lm.LMRunner: no length limit
+
     def __init__(self, seed: int = 0, break_cache: bool = False, offset: int = 0, noise: float = 0.0) -> None:
         rng = np.random.default_rng(seed)
         self.emb = rng.normal(size=(V, 8))

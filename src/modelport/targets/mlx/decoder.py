@@ -181,6 +181,8 @@ def load_lm_model(folder: Path):
 class MLXLMRunner:
     """lm.LMRunner over the MLX decoder: prefill, then one cached token per step."""
 
+    context: int | None = None  # the KV cache grows as needed
+
     def __init__(self, model) -> None:
         self.model = model
 

@@ -404,6 +404,8 @@ class OrtLMRunner:
     head_dim numbers (name_dims); where a graph leaves them symbolic, `config` (config.json) gives them.
     """
 
+    context: int | None = None  # dynamic sequence axis: no limit but the model's own
+
     def __init__(self, path: Path, threads: int = 2, config: dict[str, Any] | None = None) -> None:
         import onnxruntime as ort
 

@@ -738,8 +738,7 @@ def search(ctx: "SearchContext") -> "SearchResult":
         if variant not in chosen:
             notes.append(f"no candidate meets the goal {ctx.goal.text()} for {variant} on the dev texts: the "
                          "Pareto front shows the best reachable")
-    model_name = getattr(ctx.source, "name", "?")
-    return SearchResult("onnx", model_name, ctx.goal, ref_bytes, candidates, ranking, chosen, notes,
+    return SearchResult("onnx", ctx.source.name, ctx.goal, ref_bytes, candidates, ranking, chosen, notes,
                         {"calibration": ctx.calibration, "dev": ctx.dev})
 
 
@@ -831,7 +830,7 @@ def olive_candidates(fp32: Path, work: Path, dev: DevSet, graph: Graph, source: 
         return [failed("Olive (olive-ai) quantization", f"not run: {OLIVE_SCRIPT} not found (a source checkout has it)")]
     out = work / "olive"
     cmd = [python, str(OLIVE_SCRIPT), str(fp32), str(out)]
-    if source is not None and getattr(source, "path", None):
+    if source is not None:
         texts = work / "olive-calibration.json"
         texts.write_text(json.dumps(list(calibration_texts(calibration) if calibration else calibration_texts())))
         cmd += ["--hf-model", str(source.path), "--texts", str(texts)]
