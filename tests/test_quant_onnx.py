@@ -107,8 +107,7 @@ def test_embedding_formats_compute_the_same_table(xlmr_onnx: Path, tmp_path: Pat
     source = resolve("tiny-xlm-roberta")
     recipe = recipe_for(source.path, source.config)
     graph = Q.load_graph(xlmr_onnx / "onnx/model.onnx")
-    feeds = Q.text_feeds(Q._tokenizer(source), ["hello world", "", "a longer text, with punctuation."],
-                         recipe.inputs, recipe.max_length)
+    feeds = Q.text_feeds(Q._tokenizer(source), ["hello world", "", "a longer text, with punctuation."], recipe)
     keep, quantizer = LayerQuant(32, 0, kind="float"), Q.Quantizer(graph, None)
 
     def run(fmt: str, spec: LayerQuant | None) -> np.ndarray:

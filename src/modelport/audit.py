@@ -332,21 +332,14 @@ def onnx_dequantized(path: Path, linear: dict[str, np.ndarray]) -> dict[str, np.
     (relative Frobenius distance); the match must be unique and the distance below 0.5 (4-bit rounding
     is ~0.1 relative), else the golden cannot be built and the variant is not gated against one.
     """
-    import onnx
+    from .targets.onnx.weights import matmul_nbits_matrices
 
-    from .targets.onnx.weights import dequantize_matmul_nbits
-
-    proto = onnx.load(str(path))
-    inits = {i.name: i for i in proto.graph.initializer}
     out: dict[str, np.ndarray] = {}
-    for node in proto.graph.node:
-        if node.op_type != "MatMulNBits":
-            continue
-        w = dequantize_matmul_nbits(node, inits)
+    for weight, w in matmul_nbits_matrices(path):
         scored = sorted((float(np.linalg.norm(w - ref) / max(np.linalg.norm(ref), 1e-30)), name)
                         for name, ref in linear.items() if ref.shape == w.shape)
         if not scored or scored[0][0] > 0.5 or (len(scored) > 1 and scored[1][0] < 2 * scored[0][0]):
-            raise ModelportError(f"{path.name}: 4-bit weight {node.input[1]} matches no reference Linear layer "
+            raise ModelportError(f"{path.name}: 4-bit weight {weight} matches no reference Linear layer "
                                  f"uniquely (nearest: {scored[:2]})")
         if scored[0][1] in out:
             raise ModelportError(f"{path.name}: two 4-bit weights match {scored[0][1]}")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import validation_set
+from .errors import ModelportError
 from .fsutil import read_json, write_json
 
 GOLDEN_NPZ = "reference/golden.npz"
@@ -68,7 +69,9 @@ def prompted_texts(tokenizer, recipe) -> tuple[list[str], list[str]]:
     return fitted, kinds
 
 
-def _feeds(tokenizer, recipe, texts: list[str]) -> dict[str, np.ndarray]:
+def input_feeds(tokenizer, recipe, texts: list[str]) -> dict[str, np.ndarray]:
+    """The recipe's graph inputs for `texts`, padded to the longest, truncated at the recipe's max length
+    (what the golden runs; the quantization searches tokenize their text sets with it too)."""
     enc = tokenizer(texts, padding=True, truncation=True, max_length=recipe.max_length, return_tensors="np")
     feeds = {}
     for name in recipe.inputs:
@@ -77,7 +80,7 @@ def _feeds(tokenizer, recipe, texts: list[str]) -> dict[str, np.ndarray]:
         elif name == "token_type_ids":
             feeds[name] = np.zeros_like(enc["input_ids"], dtype=np.int64)
         else:
-            raise KeyError(f"tokenizer did not produce {name}")
+            raise ModelportError(f"the tokenizer produces no {name}, which the graph takes")
     return feeds
 
 
@@ -96,7 +99,7 @@ def compute(source, recipe, progress=None) -> Golden:
     cases = []
     all_texts, kinds = prompted_texts(tokenizer, recipe)  # within what every client tokenizes alike
     for case in validation_set.cases():
-        feeds = _feeds(tokenizer, recipe, [all_texts[i] for i in case.text_ids])
+        feeds = input_feeds(tokenizer, recipe, [all_texts[i] for i in case.text_ids])
         with torch.no_grad():
             outs = encoder(*[torch.from_numpy(feeds[n]) for n in recipe.inputs])
         for name, value in feeds.items():
@@ -113,7 +116,7 @@ def compute(source, recipe, progress=None) -> Golden:
                 for i in validation_set.QUERY_IDS]
         rows = []
         for text in bare:  # one at a time: no padding involved
-            feeds = _feeds(tokenizer, recipe, [text])
+            feeds = input_feeds(tokenizer, recipe, [text])
             with torch.no_grad():
                 rows.append(encoder(*[torch.from_numpy(feeds[n]) for n in recipe.inputs])[1].numpy()[0])
         arrays[NO_PROMPT] = np.stack(rows).astype(np.float32)

@@ -253,13 +253,13 @@ def dev_feeds(source, recipe, count: int = DEV_TEXTS) -> dict[str, np.ndarray]:
     """The first `count` dev texts, tokenized as the golden tokenizes (document prompt first,
     truncated at the recipe's max length: the package's longest shape)."""
     from ...quant.texts import dev_texts
-    from ...reference import _feeds
+    from ...reference import input_feeds
     from ...torch_model import load_tokenizer
 
     tokenizer = load_tokenizer(source)
     tokenizer.padding_side = recipe.head.padding_side
     texts = [recipe.head.document_prompt + t for t in dev_texts()[:count]]
-    return _feeds(tokenizer, recipe, texts)
+    return input_feeds(tokenizer, recipe, texts)
 
 
 @dataclass(frozen=True)

@@ -216,12 +216,12 @@ def one_thread() -> Iterator[None]:
 
 
 def _tokenized(source, recipe, texts: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
-    from ...reference import _feeds
+    from ...reference import input_feeds
     from ...torch_model import load_tokenizer
 
     tokenizer = load_tokenizer(source)
     prompt = recipe.head.document_prompt or ""
-    return [_feeds(tokenizer, recipe, [prompt + t]) for t in texts]
+    return [input_feeds(tokenizer, recipe, [prompt + t]) for t in texts]
 
 
 def calibration_hessians(source, recipe, config: dict[str, Any], texts: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -35,7 +35,7 @@ from ...families import DECODER
 from ...manifest import TargetInfo
 from ..registry import ArtifactSession, ConvertContext, Variant, register
 from .ort import OPSET, OnnxConverter, Q4_BLOCK, needs_external_data, quantize_q4, save_model, session_options
-from .weights import dequantize_matmul_nbits  # the one MatMulNBits reader (also the weight check's)
+from .weights import matmul_nbits_matrices  # the one MatMulNBits reader (also the weight check's)
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -284,18 +284,12 @@ def dequantized_weights(q_path: Path, weight_names: dict[str, str]) -> dict[str,
     The quantizer names each 4-bit weight `<fp32 initializer>_Q4` (and converts fp16 in place),
     so `weight_names` from the fp32 graph identifies the Linear exactly.
     """
-    import onnx
-
-    proto = onnx.load(str(q_path))
-    inits = {i.name: i for i in proto.graph.initializer}
     out: dict[str, np.ndarray] = {}
-    for node in proto.graph.node:
-        if node.op_type != "MatMulNBits":
-            continue
-        base = node.input[1].removesuffix("_Q4")
+    for name, matrix in matmul_nbits_matrices(q_path):
+        base = name.removesuffix("_Q4")
         if base not in weight_names:
-            raise ValueError(f"{q_path.name}: 4-bit weight {node.input[1]} has no fp32 counterpart")
-        out[weight_names[base]] = dequantize_matmul_nbits(node, inits)
+            raise ValueError(f"{q_path.name}: 4-bit weight {name} has no fp32 counterpart")
+        out[weight_names[base]] = matrix
     if not out:
         raise ValueError(f"{q_path.name} has no MatMulNBits node")
     return out

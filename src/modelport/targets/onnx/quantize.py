@@ -233,22 +233,11 @@ def load_graph(path: Path) -> Graph:
 # --- calibration statistics and running a graph ---------------------------------------------------------
 
 
-def text_feeds(tokenizer: Any, texts: Iterable[str], inputs: Iterable[str], max_length: int) -> list[dict[str, np.ndarray]]:
+def text_feeds(tokenizer: Any, texts: Iterable[str], recipe: Any) -> list[dict[str, np.ndarray]]:
     """One feed per text: no padding (what users embed one at a time), truncated at the model's max."""
-    inputs = list(inputs)
-    feeds = []
-    for text in texts:
-        enc = tokenizer([text], truncation=True, max_length=max_length, return_tensors="np")
-        feed = {}
-        for name in inputs:
-            if name in enc:
-                feed[name] = enc[name].astype(np.int64)
-            elif name == "token_type_ids":
-                feed[name] = np.zeros_like(enc["input_ids"], dtype=np.int64)
-            else:
-                raise ModelportError(f"the tokenizer produces no {name}, which the graph takes")
-        feeds.append(feed)
-    return feeds
+    from ...reference import input_feeds
+
+    return [input_feeds(tokenizer, recipe, [text]) for text in texts]
 
 
 def _session(model: "onnx.ModelProto", work: Path, optimize: bool = True):
@@ -593,7 +582,7 @@ def calibration_hessians(graph: Graph, plan_list: Iterable[Plan], source: Any, r
         texts = load(next(iter(names)))
     except ValueError as e:
         raise ModelportError(f"quantization plan: {e}") from None
-    feeds = text_feeds(_tokenizer(source), texts, recipe.inputs, recipe.max_length)
+    feeds = text_feeds(_tokenizer(source), texts, recipe)
     return hessians(graph, feeds, work)
 
 
@@ -660,10 +649,9 @@ def search(ctx: "SearchContext") -> "SearchResult":
     work = Path(ctx.work)
     tokenizer = _tokenizer(ctx.source)
     ctx.step(f"calibration statistics ({ctx.calibration}: {len(calibration_texts(ctx.calibration))} texts)")
-    hess = hessians(graph, text_feeds(tokenizer, calibration_texts(ctx.calibration), ctx.recipe.inputs,
-                                      ctx.recipe.max_length), work)
+    hess = hessians(graph, text_feeds(tokenizer, calibration_texts(ctx.calibration), ctx.recipe), work)
     quantizer = Quantizer(graph, hess)
-    feeds = text_feeds(tokenizer, dev_texts(ctx.dev), ctx.recipe.inputs, ctx.recipe.max_length)
+    feeds = text_feeds(tokenizer, dev_texts(ctx.dev), ctx.recipe)
     dev = DevSet(feeds, embed(graph.model, feeds, work), DEV_QUERIES)
     ref_bytes = graph.fp32_bytes()
     candidates: list[Candidate] = []

@@ -94,6 +94,18 @@ def dequantize_gather_block(node, inits: dict[str, Any]) -> np.ndarray:
     return (q - zero) * np.repeat(scales, block, axis=1)
 
 
+def matmul_nbits_matrices(path: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """(weight initializer name, float [N, K] matrix) for every MatMulNBits of an ONNX file: what the
+    dequantized-weights goldens are built from (our own q4 files and foreign ones, audit.py)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    inits = {i.name: i for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "MatMulNBits":
+            yield node.input[1], dequantize_matmul_nbits(node, inits)
+
+
 def onnx_weights(path: Path) -> Iterator[tuple[str, np.ndarray, int | None]]:
     """(name, float array, bits) for every weight of an ONNX file: bits None for a float initializer as
     stored, the bit width for a dequantized one; a quantized weight carries its float name (no suffix)."""
