@@ -30,6 +30,7 @@ from ..targets.registry import Converter, require_packages
 from ..ui import Steps
 from .search import DEFAULT_DECODER_GOAL, DEFAULT_ENCODER_GOAL, Goal, SearchContext, SearchResult
 
+
 @dataclass(frozen=True)
 class SearchRequest:
     model: str
