@@ -1,19 +1,25 @@
 #!/bin/sh
 # Install Debian packages inside an image build from the debhouse only (no network):
 #   apt-install.sh LOCK SPEC      (bind mounts: the debhouse at /debhouse)
-# LOCK (images/<name>/apt.lock) pins the whole closure with sha256; SPEC (apt.in) names what to
-# install. Every locked .deb is hash-checked, a local apt repository is built from exactly those
-# files, and apt installs SPEC from it alone, taking from the closure only what the base lacks.
+# LOCK (images/<name>/apt.lock) pins the whole closure with sha256, for every architecture the
+# image is built for (scripts/lock_apt.py): only the lines of this build's architecture
+# (`dpkg --print-architecture`: arm64 under emulation on an amd64 machine) and `all` are used.
+# SPEC (apt.in) names what to install. Every locked .deb is hash-checked, a local apt repository is
+# built from exactly those files, and apt installs SPEC from it alone, taking from the closure only
+# what the base lacks.
 # Everything apt/dpkg leave behind that differs between two builds (logs, caches, *-old files) is
 # removed, so the layer is reproducible.
 set -eu
 LOCK=$1
 SPEC=$2
 REPO=/tmp/modelport-apt
+ARCH=$(dpkg --print-architecture)
 mkdir -p "$REPO/lists/partial" "$REPO/archives/partial"
 ln -s /debhouse "$REPO/debs"
 : > "$REPO/Packages"
+grep -q "^[^#][^ ]* [^ ]* $ARCH " "$LOCK" || { echo "apt-install: $LOCK has no $ARCH packages: re-lock with ARCHES including $ARCH ('make lock-apt')" >&2; exit 1; }
 grep -v '^#' "$LOCK" | while read -r pkg ver arch sha size url; do
+  [ "$arch" = "$ARCH" ] || [ "$arch" = all ] || continue
   file=$(basename "$url" | sed 's/%2[bB]/+/g; s/%7[eE]/~/g; s/%3[aA]/:/g')
   deb=/debhouse/$file
   [ -f "$deb" ] || { echo "apt-install: $file is not in the debhouse: run 'make debhouse'" >&2; exit 1; }

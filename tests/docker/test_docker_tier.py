@@ -11,102 +11,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import threading
-import time
-import tomllib
 from pathlib import Path
 
 import pytest
 
-from .conftest import SUMMARY
-
-ROOT = Path(__file__).resolve().parents[2]
-# Images are tagged modelport/<name>:<pyproject's version> (the Makefile's VERSION).
-VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-# Debian's docker.io client (BuildKit built in), which the engine fixture installs when missing.
-# Resolved here as a fixed path, not by looking at PATH at import time: before the fixture runs, the
-# only client may be one without buildx (/usr/local/bin/docker on this machine), which cannot build.
-DOCKER = "/usr/bin/docker"
-BASE = "modelport/base:bookworm"
-MODEL = "all-minilm-l6-v2"
+from .conftest import BASE, DOCKER, MODEL, ROOT, VERSION, drop_image, make, sh
 
 pytestmark = pytest.mark.skipif(os.environ.get("MODELPORT_DOCKER_TESTS") != "1",
                                 reason="Docker tier: set MODELPORT_DOCKER_TESTS=1 (make test-docker)")
-
-
-def sh(*cmd: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True, env={**os.environ, **(env or {})})
-    print(f"$ {' '.join(cmd)}  ({time.perf_counter() - t0:.0f}s, rc={p.returncode})")
-    if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}")
-    return p
-
-
-def make(*targets: str, check: bool = True) -> subprocess.CompletedProcess:
-    # PRUNE_BUILD_CACHE=1: this tier builds each image once; BuildKit's cache would hold a second
-    # copy of every raw layer (several GB for the mlc image) that nothing here reuses.
-    return sh("make", f"DOCKER={DOCKER}", f"BASE={BASE}", f"PYTHON={ROOT}/.venv/bin/python",
-              "PRUNE_BUILD_CACHE=1", *targets, check=check)
-
-
-def drop_image(name: str) -> None:
-    """Remove a toolchain image after its last test, with its stamp (so `make` would rebuild it).
-
-    The tier's disk peak is then base + onnx + validator + the one toolchain image being built,
-    not every image at once: CI machines share a disk whose free space varies (it once ran out)."""
-    sh(DOCKER, "rmi", f"modelport/{name}:{VERSION}", check=False)
-    (ROOT / "build/stamps" / f"image-{name}").unlink(missing_ok=True)
-
-
-class DiskWatch:
-    """Samples free space on Docker's data root every second: the tier reports its own peak."""
-
-    def __init__(self, path: str = "/var/lib/docker") -> None:
-        self.path = path if os.path.exists(path) else "/"
-        self.start = self.low = shutil.disk_usage(self.path).free
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            self.low = min(self.low, shutil.disk_usage(self.path).free)
-
-    def stop(self) -> str:
-        self._stop.set()
-        self._thread.join()
-        end = shutil.disk_usage(self.path).free
-        return (f"docker tier disk ({self.path}): free {self.start / 1e9:.1f} GB at start, "
-                f"{self.low / 1e9:.1f} GB at the lowest (peak use {(self.start - self.low) / 1e9:.1f} GB), "
-                f"{end / 1e9:.1f} GB at the end")
-
-
-@pytest.fixture(scope="module")
-def engine():
-    sh("scripts/docker-engine.sh", "start")
-    watch = DiskWatch()
-    yield
-    # Runs on the same machine reuse what is left, but each new commit (SOURCE_DATE_EPOCH) leaves the
-    # previous normalized images dangling: bound both images and BuildKit's cache.
-    sh(DOCKER, "image", "prune", "-f", check=False)
-    sh(DOCKER, "builder", "prune", "-f", "--keep-storage", "5GB", check=False)
-    SUMMARY.append(watch.stop())
-    sh("scripts/docker-engine.sh", "stop", check=False)
-
-
-@pytest.fixture(scope="module")
-def images(engine) -> dict[str, str]:
-    """Base (debootstrap) + the onnx and validator images, built hermetically and normalized."""
-    have_base = sh(DOCKER, "image", "inspect", BASE, check=False).returncode == 0
-    if not have_base:
-        make("base")
-    make("image-onnx", "image-validator")
-    ids = {}
-    for name in ("onnx", "validator"):
-        ids[name] = (ROOT / "build/stamps" / f"image-{name}").read_text().split()[0]
-    return ids
 
 
 def test_make_webgpu_produces_a_validated_artifact(images: dict[str, str]) -> None:
@@ -198,6 +110,49 @@ def test_make_clients_runs_transformers_js_in_the_validator_image(images: dict[s
         assert entry["tokenizer"]["status"] in ("pass", "known-difference"), (name, entry["tokenizer"])
         assert all(m["known"] for m in entry["tokenizer"]["mismatches"]), (name, entry["tokenizer"])
     assert clients["chromium-wasm"]["versions"]["chromium"].startswith("Chrome/")
+
+
+def compose_command() -> list[str]:
+    """Compose v2 (`docker compose`, Docker Desktop's) where the client has it, else Debian
+    bookworm's `docker-compose` v1 (what scripts/docker-engine.sh installs): both read the file alike."""
+    if sh(DOCKER, "compose", "version", check=False).returncode == 0:
+        return [DOCKER, "compose"]
+    return ["docker-compose"]
+
+
+def test_compose_converts_and_validates_after_make_prepare(images: dict[str, str]) -> None:
+    """`make prepare` is the one preparation: then compose converts (no network, as the user named in
+    .env or overridden per run) and the validator service validates, recording the normalized IDs."""
+    compose = compose_command()
+    # Without .env (or the variables), compose stops with one line saying what to run, not a guess.
+    empty = ROOT / "build" / "empty.env"
+    empty.parent.mkdir(exist_ok=True)
+    empty.write_text("")
+    bare = sh(*compose, "--env-file", str(empty), "config", check=False,
+              env={k: "" for k in ("MODELPORT_VERSION", "MODELPORT_UID", "MODELPORT_GID")})
+    assert bare.returncode != 0 and "run make prepare" in bare.stderr, bare.stderr
+    make("prepare", "SERVICES=onnx validator")
+    env = dict(line.split("=", 1) for line in (ROOT / ".env").read_text().splitlines() if not line.startswith("#"))
+    assert env["MODELPORT_VERSION"] == VERSION and env["MODELPORT_UID"] == str(os.getuid())
+    assert env["MODELPORT_ID_ONNX"] == images["onnx"] and env["MODELPORT_ID_VALIDATOR"] == images["validator"]
+    # A user other than the one in .env, given per run (bash's read-only UID made compose fall back to 1000).
+    uid = {"MODELPORT_UID": "4321", "MODELPORT_GID": "4321"}
+    model = "tiny-xlm-roberta"
+    host_dir = ROOT / "artifacts" / f"compose-{model}"
+    shutil.rmtree(host_dir, ignore_errors=True)
+    host_dir.mkdir(parents=True)
+    os.chown(host_dir, 4321, 4321)
+    out = f"/artifacts/compose-{model}/onnx"
+    sh(*compose, "run", "--rm", "onnx", "convert", model, "--target", "onnx", "--variants", "fp32,q8",
+       "--out", out, "--skip-validation", env=uid)
+    sh(*compose, "run", "--rm", "validator", "validate", out, env=uid)
+    art = host_dir / "onnx"
+    man = json.loads((art / "manifest.json").read_text())
+    assert man["validation"]["status"] == "pass", man["validation"]
+    assert man["images"]["convert"] == f"modelport/onnx:{VERSION}@{images['onnx']}"
+    assert man["images"]["validate"] == f"modelport/validator:{VERSION}@{images['validator']}"
+    assert os.stat(art / "manifest.json").st_uid == 4321
+    shutil.rmtree(host_dir)
 
 
 def test_second_run_does_nothing(images: dict[str, str]) -> None:

@@ -73,7 +73,16 @@ def test_the_template_takes_its_lock_file_from_toolchain() -> None:
 def test_images_are_hash_locked(image: str) -> None:
     lock = ROOT / "images" / image / "requirements.lock"
     lines = [l for l in lock.read_text().splitlines() if l and not l.startswith("#")]
-    assert lines and all(re.fullmatch(r"[a-z0-9-]+==\S+ --hash=sha256:[0-9a-f]{64}", l) for l in lines)
+    # One hash per platform's wheel; a marker only where the platforms resolve differently (scripts/lock.py).
+    assert lines and all(re.fullmatch(r'[a-z0-9-]+==\S+( ; platform_machine == "(x86_64|aarch64)")?'
+                                      r"( --hash=sha256:[0-9a-f]{64})+", l) for l in lines), lock
+    platforms = (ROOT / "images" / image / "platforms")
+    machines = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
+    built_for = ([machines[l.split("#")[0].strip()] for l in platforms.read_text().splitlines() if l.split("#")[0].strip()]
+                 if platforms.is_file() else list(machines.values()))
+    header = next(l for l in lock.read_text().splitlines() if l.startswith("# platforms:"))
+    for machine in machines.values():  # the lock covers exactly the platforms the image is built for
+        assert (f"manylinux {machine})" in header) == (machine in built_for), (lock, header)
 
 
 def test_compose_services_run_offline_as_the_user() -> None:
@@ -82,7 +91,9 @@ def test_compose_services_run_offline_as_the_user() -> None:
     assert set(IMAGES) <= set(services)
     for name, svc in services.items():
         assert svc["network_mode"] == "none", name
-        assert svc["user"].startswith("${UID"), name
+        # MODELPORT_UID, not UID: bash's UID is read-only and never exported, so compose fell back to 1000.
+        assert svc["user"].startswith("${MODELPORT_UID:?"), name
+        assert svc["environment"]["MODELPORT_IMAGE"].startswith(f"modelport/{name}:${{MODELPORT_VERSION}}@"), name
         assert any(v.endswith(":/models:ro") for v in svc["volumes"]), name
         assert "./artifacts:/artifacts" in svc["volumes"] and "cache:/cache" in svc["volumes"]
 
@@ -106,7 +117,7 @@ def make(*args: str) -> subprocess.CompletedProcess:
 def test_make_help_lists_the_targets() -> None:
     out = make("help").stdout
     for target in ("images", "webgpu", "coreml", "mlc", "mlx", "validate", "all", "clean", "base",
-                   "wheelhouse", "image-digests"):
+                   "wheelhouse", "image-digests", "prepare"):
         assert re.search(rf"^\s+{target}\s", out, re.M), target
 
 
@@ -194,7 +205,7 @@ def test_debhouse_refuses_a_package_whose_hash_differs(tmp_path: Path, monkeypat
     good = hashlib.sha256(deb.read_bytes()).hexdigest()
     assert debhouse.fetch("x_1_all.deb", deb.as_uri(), good, deb.stat().st_size) == "fetched"
     assert debhouse.fetch("x_1_all.deb", deb.as_uri(), good, deb.stat().st_size) == "cached"
-    with pytest.raises(SystemExit, match="sha256 mismatch"):
+    with pytest.raises(debhouse.FetchError, match="sha256 does not match the lock"):
         debhouse.fetch("y_1_all.deb", deb.as_uri(), "0" * 64, deb.stat().st_size)
     assert not (tmp_path / "house" / "y_1_all.deb").exists()
 
