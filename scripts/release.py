@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sbom  # noqa: E402
-from locks import ARCHES, LockError, wheel_index  # noqa: E402
+from locks import ARCHES, LockError, file_sha256, wheel_index  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMAT = 1
@@ -40,14 +40,6 @@ HOST_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "
 
 class ReleaseError(Exception):
     """One line for the user: what is wrong and what to do."""
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def known_models() -> list[str]:
@@ -142,7 +134,7 @@ def artifact_entry(root: Path, art: Path, images: dict[str, dict[str, str]], tar
         validation = man["validation"]
     except (ValueError, KeyError, TypeError) as e:
         raise ReleaseError(f"{manifest_path.relative_to(root)}: not a modelport manifest ({e!r})") from None
-    files = {p.relative_to(art).as_posix(): sha256(p) for p in sorted(art.rglob("*")) if p.is_file()}
+    files = {p.relative_to(art).as_posix(): file_sha256(p) for p in sorted(art.rglob("*")) if p.is_file()}
     hashed = {k: v for k, v in files.items() if k not in DESCRIPTIVE}
     if hashed != recorded:
         first = next(k for k in sorted(set(hashed) | set(recorded)) if hashed.get(k) != recorded.get(k))
@@ -256,7 +248,7 @@ def check_dir(release: Path) -> list[str]:
     have = {p.relative_to(release).as_posix() for p in release.rglob("*") if p.is_file()} - {"release.json"}
     problems = [f"missing: {f}" for f in sorted(set(want) - have)]
     problems += [f"not in release.json: {f}" for f in sorted(have - set(want) - descriptive)]
-    problems += [f"modified: {f}" for f in sorted(set(want) & have) if sha256(release / f) != want[f]]
+    problems += [f"modified: {f}" for f in sorted(set(want) & have) if file_sha256(release / f) != want[f]]
     return problems
 
 

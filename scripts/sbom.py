@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """CycloneDX 1.5 SBOM of one image for one platform, generated from the locks the image installs.
 
-    sbom.py IMAGE ARCH [--image-id sha256:...] [--version V]      prints the SBOM JSON
+    sbom.py IMAGE ARCH [--image-id=sha256:...] [--version=V]      prints the SBOM JSON
 
 What an image installs is read from its Dockerfile's bind mounts, the same source of truth the
 build uses: every image installs images/<img>/requirements.lock from the wheelhouse and modelport's
@@ -22,7 +22,6 @@ records the base by its image ID instead (release.json `base`).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import sys
@@ -32,7 +31,7 @@ from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from locks import (ARCHES, LockError, NpmPackage, parse_apt, parse_npm, parse_requirements,  # noqa: E402
-                   wheel_arches, wheel_index)
+                   file_sha256, wheel_arches, wheel_index)
 
 ROOT = Path(__file__).resolve().parent.parent
 # Node + npm, then the harnesses' node_modules (images/validator/Dockerfile, js-install.py).
@@ -135,7 +134,7 @@ def modelport_wheel(root: Path, version: str) -> dict:
     wheel = root / "build" / "dist" / f"modelport-{version}-py3-none-any.whl"
     if not wheel.is_file():
         raise LockError(f"{wheel}: missing (run `make dist`): every image installs it")
-    sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    sha = file_sha256(wheel)
     purl = f"pkg:pypi/modelport@{version}?file_name={wheel.name}"
     return {"type": "library", "bom-ref": purl, "name": "modelport", "version": version, "purl": purl,
             "hashes": [_hash("SHA-256", sha)], "properties": [_prop("wheel", wheel.name)]}

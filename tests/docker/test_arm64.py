@@ -16,15 +16,11 @@ import json
 import os
 import subprocess
 import time
-import tomllib
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-DOCKER = "/usr/bin/docker"  # Debian's docker.io client: BuildKit built in (see test_docker_tier.py)
-BASE = "modelport/base:bookworm"
+from .conftest import BASE, DOCKER, ROOT, VERSION
+
 PLATFORM = "linux/arm64"
 MODEL = "tiny-xlm-roberta"
 # An arm64 image build took ~500 s here; a step past 1200 s is stuck (Python under qemu 7.2 can hang
