@@ -2,9 +2,10 @@
 
     python benchmarks/convert_onnx.py [--repeat 3] [--optimum-python /path/to/venv/bin/python]
 
-Each measurement is a fresh subprocess (imports included, as a user pays them), repeated, and the
-median is reported. What is compared:
-  bare export        torch.onnx.export(dynamo) of the HF model, fp32, nothing else
+Each measurement is a fresh subprocess (imports included, as a user pays them), repeated round robin,
+and the median is reported, with each row's ratio to the bare export and to optimum-cli. What is compared:
+  bare export        torch.onnx.export(dynamo) of the HF model, fp32, nothing else (modelport
+                     itself traces encoders and checks the trace: targets/onnx/export.py)
   modelport fp32     reference + fp32 export + layout + manifest + validation
   modelport all      the above for all six variants (fp32 fp16 q8 uint8 q4 q4f16)
   optimum-onnx       `optimum-cli export onnx --task feature-extraction` (only with --optimum-python:
@@ -64,15 +65,20 @@ def main() -> None:
         runs["optimum-cli export onnx (fp32)"] = lambda i: [
             args.optimum_python, "-m", "optimum.commands.optimum_cli", "export", "onnx", "--model", model,
             "--task", "feature-extraction", str(work / f"opt{i}")]
-    results: dict[str, float] = {}
-    for name, cmd in runs.items():
-        times = [timed(cmd(i), env) for i in range(args.repeat)]
-        results[name] = statistics.median(times)
-        print(f"{name:40s} median {results[name]:6.1f}s  runs {' '.join(f'{t:.1f}' for t in times)}", flush=True)
+    # round robin (run 1 of each, then run 2 of each, ...): a slow spell of the machine hits every row
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for i in range(args.repeat):
+        for name, cmd in runs.items():
+            times[name].append(timed(cmd(i), env))
+    results = {name: statistics.median(t) for name, t in times.items()}
+    for name, t in times.items():
+        print(f"{name:40s} median {results[name]:6.1f}s  runs {' '.join(f'{x:.1f}' for x in t)}", flush=True)
     bare = results["bare torch.onnx.export (fp32)"]
+    optimum = results.get("optimum-cli export onnx (fp32)")
     print()
     for name, t in results.items():
-        print(f"{name:40s} {t / bare:5.2f}x bare export")
+        vs = f"   {t / optimum:5.2f}x optimum-cli" if optimum else ""
+        print(f"{name:40s} {t / bare:5.2f}x bare export{vs}")
     print(f"\nmachine: {os.cpu_count()} cpus; python {sys.version.split()[0]}")
 
 

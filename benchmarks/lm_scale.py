@@ -1,13 +1,19 @@
 """Scale benchmark for decoder LLMs (issue #9): three model sizes through each target's 4-bit path.
 
     .venv/bin/python benchmarks/lm_scale.py [--sizes tiny-llama,llama-100m-shape,llama-3.2-1b-shape]
-        [--targets onnx,coreml,mlx] [--skip-validation] [--keep] [--out DIR]
+        [--targets onnx,coreml,mlx] [--variant onnx=q4f16] [--skip-validation] [--keep] [--out DIR]
+
+    # issue 18's 3B row (12.3 GB of fp32 weights built once under $MODELPORT_CACHE; most of 24 GB of RAM):
+    MODELPORT_CACHE=/big/disk .venv/bin/python benchmarks/lm_scale.py --sizes smollm3-3b-shape \
+        --targets onnx --variant onnx=q4f16 --skip-validation
 
 Sizes are tiny.py builders (`tiny-llama`: 2 layers, hidden 128; `llama-100m-shape`: untrained, ~100M;
-`llama-3.2-1b-shape`: untrained, 1.24B, 5 GB fp32), built once and cached before any timing. For every
-size x target, `python -m modelport convert <model dir> --target T --variants <4-bit> --out DIR --force`
-runs in a fresh process; the 4-bit variant is the one the target's decoder table (`LM_VARIANTS`) marks
-with precision q4 / w4 (onnx q4, coreml w4, mlx q4). Measured per conversion:
+`llama-3.2-1b-shape`: untrained, 1.24B, 5 GB fp32; `smollm3-3b-shape`: untrained SmolLM3-3B, 3.08B, 12.3 GB
+fp32, not in the default list), built once and cached before any timing. For every size x target,
+`python -m modelport convert <model dir> --target T --variants <4-bit> --out DIR --force` runs in a fresh
+process; the 4-bit variant is the one the target's decoder table (`LM_VARIANTS`) marks with precision
+q4 / w4 (onnx q4, coreml w4, mlx q4), or the one `--variant TARGET=NAME` names (onnx=q4f16: the file
+browsers load, which must stay under their 2 GB). Measured per conversion:
 
   wall       seconds, process start to exit (imports, model load, export, quantization, the variant's
              dequantized golden, validation unless --skip-validation)
@@ -16,6 +22,7 @@ with precision q4 / w4 (onnx q4, coreml w4, mlx q4). Measured per conversion:
              /proc (Core ML builds its packages in a worker process while the parent stays alive); at
              least rss1 (a sample can miss a short peak that ru_maxrss records exactly)
   variant    bytes of the 4-bit file(s) (ONNX: .onnx + _data; Core ML: the .mlpackage folder)
+  <= 2 GB    whether the variant fits a browser tab's 2 GB (2^31 bytes) ArrayBuffer limit
   artifact   bytes of the whole artifact folder (goldens, tokenizer, manifest)
 
 then per target, from one size to the next: seconds and GB of RSS per billion parameters, and the
@@ -44,7 +51,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-SIZES = ("tiny-llama", "llama-100m-shape", "llama-3.2-1b-shape")
+SIZES = ("tiny-llama", "llama-100m-shape", "llama-3.2-1b-shape")  # smollm3-3b-shape: on request
+BROWSER_LIMIT = 2 ** 31  # bytes one ArrayBuffer may hold in a browser tab
 TARGETS = ("onnx", "coreml", "mlx")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -58,6 +66,12 @@ def four_bit_variant(target: str) -> str:
     if len(names) != 1:
         raise SystemExit(f"{target}: expected one 4-bit decoder variant, found {names} in {sorted(known)}")
     return names[0]
+
+
+def variant_names(target: str) -> list[str]:
+    from modelport.targets import REGISTRY
+
+    return list(REGISTRY.converter_class(target, "causal-lm").variants)
 
 
 def variant_path(target: str, variant: str) -> str:
@@ -148,8 +162,9 @@ class Run:
     log: str
 
 
-def convert(model_dir: Path, size: str, target: str, out: Path, skip_validation: bool, params: int) -> Run:
-    variant = four_bit_variant(target)
+def convert(model_dir: Path, size: str, target: str, out: Path, skip_validation: bool, params: int,
+            variant: str | None = None) -> Run:
+    variant = variant or four_bit_variant(target)
     cmd = [sys.executable, "-m", "modelport", "convert", str(model_dir), "--target", target,
            "--variants", variant, "--out", str(out), "--force"] + (["--skip-validation"] if skip_validation else [])
     log = out.parent / f"{out.name}.log"
@@ -173,11 +188,12 @@ def convert(model_dir: Path, size: str, target: str, out: Path, skip_validation:
 
 def print_table(runs: list[Run]) -> None:
     print("\n| model | params | target | variant | exit | verdict | wall s | peak RSS GB (largest process) "
-          "| peak RSS GB (process tree) | variant MB | artifact MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| peak RSS GB (process tree) | variant MB | <= 2 GB | artifact MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
+        fits = "yes" if r.variant_mb * 1e6 <= BROWSER_LIMIT else "no"
         print(f"| {r.size} | {r.params / 1e6:.1f}M | {r.target} | {r.variant} | {r.rc} | {r.verdict} | {r.wall_s:.1f} "
-              f"| {r.rss1_gb:.2f} | {r.rss_tree_gb:.2f} | {r.variant_mb:.1f} | {r.artifact_mb:.1f} |")
+              f"| {r.rss1_gb:.2f} | {r.rss_tree_gb:.2f} | {r.variant_mb:.1f} | {fits} | {r.artifact_mb:.1f} |")
 
 
 def print_scaling(runs: list[Run]) -> None:
@@ -202,6 +218,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default=",".join(SIZES), help="comma-separated tiny.py model names")
     ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--variant", action="append", default=[], metavar="TARGET=NAME",
+                    help="convert this variant for TARGET instead of its 4-bit fp32-compute one (e.g. onnx=q4f16)")
     ap.add_argument("--skip-validation", action="store_true",
                     help="convert only (recommended for the 1B size on a small machine)")
     ap.add_argument("--keep", action="store_true", help="keep each artifact (default: delete after measuring)")
@@ -225,6 +243,10 @@ def main() -> int:
     targets = args.targets.split(",")
     for t in targets:
         four_bit_variant(t)  # fail early on an unknown target
+    chosen = dict(v.split("=", 1) for v in args.variant)
+    for t, v in chosen.items():
+        if v not in variant_names(t):
+            raise SystemExit(f"{t}: no decoder variant {v!r} (known: {', '.join(variant_names(t))})")
     runs: list[Run] = []
     for size in sizes:
         t0 = time.perf_counter()
@@ -234,7 +256,7 @@ def main() -> int:
               f"{disk_bytes(model_dir) / 1e9:.2f} GB on disk (build/cache {time.perf_counter() - t0:.1f}s)", flush=True)
         for target in targets:
             out = args.out / size / target
-            runs.append(convert(model_dir, size, target, out, args.skip_validation, params))
+            runs.append(convert(model_dir, size, target, out, args.skip_validation, params, chosen.get(target)))
             if not args.keep:
                 shutil.rmtree(out, ignore_errors=True)
     print(f"\nvalidation: {'skipped' if args.skip_validation else 'on'}; cores: {os.cpu_count()}; "

@@ -9,6 +9,7 @@
     modelport fetch <org/name>[@revision]
     modelport models
     modelport publish <artifact-dir> --repo <user/name> [--private] [--dry-run DIR]
+    modelport bench <artifact-dir> [--threads 2] [--optimum-python PATH] [--also DIR] [--json OUT]
 
 Every failure prints one line (`error: ...`), never a traceback: 1 validation failed (after the
 table and the failing inputs), 2 bad input, 3 a toolchain or the environment failed (the line names
@@ -178,6 +179,17 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("--trust-remote-code", action="store_true", help="as for convert")
 
     _add_hub_commands(sub)
+    from . import bench
+
+    bench.add_arguments(sub.add_parser(
+        "bench", help="time an artifact beside PyTorch and the peers (encoders: 1 text, batches; decoders: tokens/s)",
+        description="Time a validated artifact through modelport.runtime beside its peers, in one run. Encoders: "
+        "ms per call of one text (100 calls) and texts/s in batches of 32 for PyTorch eager (sentence-transformers), "
+        "every variant in onnxruntime CPU and in transformers.js on Node, artifacts given with --also (MLX; MLC and "
+        "the Core ML interpreter for correctness only) and optimum's export (plain and -O2, --optimum-python); the "
+        "lowest cosine to PyTorch beside every speed. Decoders: prefill and decode tokens/s, greedy tokens equal to "
+        "PyTorch's. See docs/runtime.md.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter))
     sub.add_parser("recipes", help="list supported architectures, known models and thresholds",
                    description="List the architecture registry, the models modelport can build or load "
                    "offline, and the validation threshold table.")
@@ -637,6 +649,8 @@ def _command_folder(args: argparse.Namespace) -> str:
         return str(args.out or args.artifact)
     if args.command in ("validate", "clients", "report"):
         return str(args.artifact)
+    if args.command == "bench":
+        return str(args.json or args.artifact)
     try:
         from .hub import cache_dir
 
@@ -702,6 +716,10 @@ def main(argv: list[str] | None = None) -> int:
             return _models(out)
         if args.command == "publish":
             return _publish(args, out)
+        if args.command == "bench":
+            from . import bench
+
+            return bench.main(args, out)
         return _recipes(out)
     except ModelportError as e:
         cause = e.__cause__

@@ -21,6 +21,7 @@ from .recipes import EMBEDDING_FAMILIES, recipe_for
 from .source import resolve
 from .targets import REGISTRY
 from .targets.registry import ConvertContext, parse_options, parse_variants, require_packages
+from .torch_model import Models
 from .ui import Steps
 from .validate import Report, record, validate
 
@@ -119,11 +120,13 @@ def run(req: ConvertRequest, steps: Steps) -> tuple[Path, Report | None]:
     out = req.out or default_out(source.name, req.target)
 
     report = None
+    models = Models()
     with staging_dir(out, req.force, source=source.path, note=steps.note) as work:  # checks again, with the model
         with toolchain_step(f"the PyTorch reference of {source.name}"):
-            family.compute_golden(source, recipe, work, steps)
+            family.compute_golden(source, recipe, work, steps, models)
         with toolchain_step(f"the {req.target} converter"):
-            target_info = converter.convert(ConvertContext(source, recipe, variants, work, steps, options))
+            target_info = converter.convert(ConvertContext(source, recipe, variants, work, steps, options, models))
+        models.clear()
         carry_search(req.options.get("quant_plan"), work)
         steps("write manifest (sha256 of every file)")
         # per-tensor statistics of the checkpoint: what validation checks the stored weights against

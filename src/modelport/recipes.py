@@ -40,6 +40,8 @@ class Quirk:
     # (transformers model, recipe) -> notes; rewrites the PyTorch model every torch-traced export (and
     # the golden) is built from, without changing what it computes (torch_model.make_encoder applies it)
     model_fix: Callable[[Any, Any], list[str]] | None = None
+    # the graph must come from torch.export, never a trace (targets/onnx/export.py reads it)
+    needs_torch_export: bool = False
 
     def apply_config(self, config: dict[str, Any]) -> list[str]:
         return self.config_fix(config) if self.config_fix else []
@@ -86,9 +88,11 @@ class Architecture:
 
 TORCH_EXPORT_ONLY = Quirk(
     "torch-export-only",
-    "transformers 5 builds attention masks with data-dependent code: the legacy TorchScript ONNX "
-    "exporter bakes the example shape into the mask (1.4 max abs error on MiniLM); the dynamo "
-    "exporter (torch.export) traces it correctly.",
+    "transformers 5 builds causal and sliding-window masks with length-dependent code: a TorchScript "
+    "trace bakes the example's length into them, and a window only starts to matter past its length, "
+    "so no short probe catches it. Exported with torch.export (dynamo), which traces shapes "
+    "symbolically; other encoders are traced and kept only if probe shapes reproduce PyTorch.",
+    needs_torch_export=True,
 )
 PADDING_ROWS_UNDEFINED = Quirk(
     "padding-rows-undefined",
@@ -234,7 +238,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             family=SENTENCE_ENCODER,
             inputs=("input_ids", "attention_mask", "token_type_ids"),
             default_pooling="mean",
-            quirks=(TORCH_EXPORT_ONLY, PADDING_ROWS_UNDEFINED),
+            quirks=(PADDING_ROWS_UNDEFINED,),
             targets=("onnx", "coreml", "mlx", "mlc"),
         ),
         Architecture(
@@ -244,7 +248,6 @@ ARCHITECTURES: dict[str, Architecture] = {
             default_pooling="cls",
             position_offset=2,
             quirks=(
-                TORCH_EXPORT_ONLY,
                 PADDING_ROWS_UNDEFINED,
                 Quirk(
                     "roberta-position-offset",
@@ -262,14 +265,14 @@ ARCHITECTURES: dict[str, Architecture] = {
         _decoder("llama", "LlamaForCausalLM"),
         _decoder("qwen2", "Qwen2ForCausalLM", QKV_BIAS),
         _decoder("qwen3", "Qwen3ForCausalLM", QK_NORM,
-                 embedder=EmbedderRole(EMBEDDER_TARGETS, (LAST_TOKEN_LEFT_PADDING, ROPE_TABLES))),
+                 embedder=EmbedderRole(EMBEDDER_TARGETS, (LAST_TOKEN_LEFT_PADDING, ROPE_TABLES, TORCH_EXPORT_ONLY))),
         # --- decoder trunks used only as embedders ------------------------------------------------------
         Architecture(
             model_type="gemma3_text",
             family=DECODER_EMBEDDER,
             inputs=EMBEDDER_INPUTS,
             default_pooling="mean",
-            quirks=(BIDIRECTIONAL, SLIDING_WINDOW, GEMMA_NORMS, GQA, ROPE_PARAMETERS, ROPE_TABLES),
+            quirks=(BIDIRECTIONAL, SLIDING_WINDOW, GEMMA_NORMS, GQA, ROPE_PARAMETERS, ROPE_TABLES, TORCH_EXPORT_ONLY),
             targets=EMBEDDER_TARGETS,
         ),
         _decoder("smollm3", "SmolLM3ForCausalLM", NOPE_LAYERS),

@@ -84,16 +84,17 @@ def input_feeds(tokenizer, recipe, texts: list[str]) -> dict[str, np.ndarray]:
     return feeds
 
 
-def compute(source, recipe, progress=None) -> Golden:
-    """Run the fp32 PyTorch embedder (trunk + the whole sentence-transformers head) on every case."""
+def compute(source, recipe, progress=None, models=None) -> Golden:
+    """Run the fp32 PyTorch embedder (trunk + the whole sentence-transformers head) on every case.
+    `models` (torch_model.Models): the conversion's loaded modules, shared with the export."""
     import torch
     import transformers
 
-    from .torch_model import load_hf_model, load_tokenizer, make_encoder
+    from .torch_model import Models, load_tokenizer
 
     tokenizer = load_tokenizer(source)
     tokenizer.padding_side = recipe.head.padding_side  # what the checkpoint's tokenizer config says
-    encoder = make_encoder(load_hf_model(source), recipe, source.path)
+    encoder = (models or Models()).encoder(source, recipe)
     outputs = recipe.outputs
     arrays: dict[str, np.ndarray] = {}
     cases = []

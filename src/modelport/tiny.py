@@ -360,6 +360,70 @@ _build_llama_100m_shape = _llama_shape_builder(vocab_size=32000, hidden_size=768
                                                num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4)
 
 
+SHARD_BYTES = 2_000_000_000
+
+
+def _build_smollm3_3b_shape(out: Path) -> None:
+    """An untrained model with SmolLM3-3B's shape and config (3.08B parameters, 12.3 GB fp32; tied
+    embeddings; NoPE on every 4th layer, `no_rope_layers` as in the real config; rope_theta 5e6), with the
+    tiny BPE tokenizer: the issue's 3B conversion target. Written tensor by tensor into 2 GB safetensors
+    shards (+ index): neither a 12 GB model in memory nor save_pretrained's serialized copy of it, so it
+    builds on the machine it is measured on. Values: normal(0, 0.02) per tensor (the config's
+    initializer_range, a per-tensor seed), RMSNorm weights 1."""
+    import json
+    import math
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, GenerationConfig, SmolLM3Config
+
+    tok = _lm_tokenizer()
+    layers = 36
+    cfg = SmolLM3Config(
+        vocab_size=128256, hidden_size=2048, intermediate_size=11008, num_hidden_layers=layers,
+        num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=65536, rms_norm_eps=1e-6,
+        no_rope_layers=[int((i + 1) % 4 != 0) for i in range(layers)], no_rope_layer_interval=4,
+        rope_parameters={"rope_type": "default", "rope_theta": 5000000.0}, tie_word_embeddings=True,
+        bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    with torch.device("meta"):
+        shapes = {n: tuple(p.shape) for n, p in AutoModelForCausalLM.from_config(cfg).named_parameters()}
+    out.mkdir(parents=True, exist_ok=True)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    files: list[str] = []
+    weight_map: dict[str, str] = {}
+
+    def flush() -> None:
+        name = f"model-{len(files) + 1:05d}.safetensors"
+        save_file(shards[0], str(out / name), metadata={"format": "pt"})
+        files.append(name)
+        weight_map.update({k: name for k in shards[0]})
+        shards[0] = {}
+
+    for i, (name, shape) in enumerate(shapes.items()):
+        if name.endswith("norm.weight"):
+            t = torch.ones(shape)
+        else:
+            t = torch.empty(shape).normal_(0.0, cfg.initializer_range, generator=torch.Generator().manual_seed(SEED + i))
+        if size and size + t.numel() * 4 > SHARD_BYTES:
+            flush()
+            size = 0
+        shards[0][name] = t
+        size += t.numel() * 4
+    flush()
+    total = len(files)
+    for k, name in enumerate(files):  # the hub's "-of-N" names, known once all are written
+        final = name.replace(".safetensors", f"-of-{total:05d}.safetensors")
+        (out / name).rename(out / final)
+        weight_map.update({t: final for t, f in weight_map.items() if f == name})
+    (out / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": sum(math.prod(s) * 4 for s in shapes.values())}, "weight_map": weight_map}, indent=1))
+    cfg.architectures = ["SmolLM3ForCausalLM"]
+    cfg.save_pretrained(out)
+    GenerationConfig(do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id).save_pretrained(out)
+    tok.save_pretrained(out)
+
+
 LM_BUILDERS: dict[str, Callable[[Path], None]] = {
     # untied embeddings, no biases
     "tiny-llama": _lm_builder("LlamaConfig", num_hidden_layers=2, tie_word_embeddings=False),
@@ -374,6 +438,7 @@ LM_BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-phi3": _lm_builder("Phi3Config", num_hidden_layers=2, tie_word_embeddings=False),
     "llama-100m-shape": _build_llama_100m_shape,
     "llama-3.2-1b-shape": _build_llama_1b_shape,
+    "smollm3-3b-shape": _build_smollm3_3b_shape,
 }
 
 # --- embedding models shaped like the real ones (issue 15) ----------------------------------------------

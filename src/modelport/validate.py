@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -84,6 +85,33 @@ def _error_line(e: Exception) -> str:
     return f"could not run: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
 
 
+def _validate_variant(root: Path, man: dict[str, Any], info: TargetInfo, family: Any, converter: Any, session: Any,
+                      golden: Any, name: str, progress: Callable[[str], Any] | None) -> VariantResult:
+    """One variant through its runtime, judged by the family (and its stored weights checked)."""
+    precision = info.variants[name].precision
+    gate = family.gate_json(precision)
+    if gate is None:
+        return VariantResult(name, precision, False, None, [
+            f"no {family.name} gate for precision {precision!r} (the family's threshold table has "
+            f"{', '.join(family.thresholds)})"])
+    if progress:
+        progress(family.describe_run(name, golden))
+    t0 = time.perf_counter()
+    # What no golden input touches (an unused embedding row): the stored weights against the source
+    # checkpoint's per-tensor statistics recorded at conversion (weight_stats.py).
+    weights = weight_stats.check_variant(converter, root, name, man)
+    try:
+        runner = session.runner(name)
+        judged = family.judge(root, golden, name, precision, runner)
+    except Exception as e:  # a variant that cannot load or run is a failed variant, not a crash
+        return VariantResult(name, precision, False, None, [_error_line(e)] + weights.failures,
+                             extra={"weights": weights.extra}, gate=gate)
+    more = session.extra_metrics(name, runner, judged.against if judged.against is not None else golden)
+    failures = judged.failures + more.pop("failures", []) + weights.failures
+    return VariantResult(name, precision, not failures, judged.metrics, failures, judged.notes,
+                         time.perf_counter() - t0, {**judged.extra, **more, "weights": weights.extra}, gate)
+
+
 def validate(root: Path, variants: list[str] | None = None, progress: Callable[[str], Any] | None = None) -> Report:
     """Validate an artifact: every selected variant through its runtime, judged by its family."""
     man = manifest_mod.load(root)
@@ -96,33 +124,17 @@ def validate(root: Path, variants: list[str] | None = None, progress: Callable[[
     require_packages(type(converter).runtime_requires, info.name, spec.extra, spec.image, "validating")
     session = converter.open(root)
     golden = family.load_golden(root)
-    results = []
-    for name in names:
-        precision = info.variants[name].precision
-        gate = family.gate_json(precision)
-        if gate is None:
-            results.append(VariantResult(name, precision, False, None, [
-                f"no {family.name} gate for precision {precision!r} (the family's threshold table has "
-                f"{', '.join(family.thresholds)})"]))
-            continue
+    workers = min(session.parallel_variants, os.cpu_count() or 1, len(names))
+    if workers > 1:
+        session.threads = max(1, (os.cpu_count() or 1) // workers)
         if progress:
-            progress(family.describe_run(name, golden))
-        t0 = time.perf_counter()
-        # What no golden input touches (an unused embedding row): the stored weights against the source
-        # checkpoint's per-tensor statistics recorded at conversion (weight_stats.py).
-        weights = weight_stats.check_variant(converter, root, name, man)
-        try:
-            runner = session.runner(name)
-            judged = family.judge(root, golden, name, precision, runner)
-        except Exception as e:  # a variant that cannot load or run is a failed variant, not a crash
-            results.append(VariantResult(name, precision, False, None, [_error_line(e)] + weights.failures,
-                                         extra={"weights": weights.extra}, gate=gate))
-            continue
-        more = session.extra_metrics(name, runner, judged.against if judged.against is not None else golden)
-        failures = judged.failures + more.pop("failures", []) + weights.failures
-        results.append(VariantResult(name, precision, not failures, judged.metrics, failures, judged.notes,
-                                     time.perf_counter() - t0, {**judged.extra, **more, "weights": weights.extra},
-                                     gate))
+            progress(f"validate {', '.join(names)} ({workers} at a time)")
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(lambda name: _validate_variant(root, man, info, family, converter, session,
+                                                                   golden, name, None), names))
+    else:
+        results = [_validate_variant(root, man, info, family, converter, session, golden, name, progress)
+                   for name in names]
     runtime = ", ".join(f"{k} {v}" for k, v in converter.runtime_versions().items())
     unchecked = sorted({r.extra["weights"]["note"] for r in results if "note" in r.extra.get("weights", {})})
     return Report(target=info.name, runtime=runtime, results=results,

@@ -109,7 +109,7 @@ def test_full_disk_while_recording_a_validation(art: Path, capsys, monkeypatch) 
 def test_full_disk_inside_a_converter_names_the_folder(tmp_path: Path, capsys, monkeypatch) -> None:
     from modelport.families.encoder import EncoderFamily
 
-    def full(self, source, recipe, out, step):
+    def full(self, source, recipe, out, step, models=None):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "reference" / "golden.npz"))
 
     monkeypatch.setattr(EncoderFamily, "compute_golden", full)

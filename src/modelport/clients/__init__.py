@@ -50,12 +50,18 @@ TRANSFORMERS_JS_FILES = {
     # modelport's searched variants (targets/onnx/quantize.py) are no transformers.js dtype: they load
     # with dtype fp32 and model_file_name (TRANSFORMERS_JS_LOAD), as a user of such a file writes it
     "q4mix": "onnx/model_q4mix.onnx", "q4mix-wasm": "onnx/model_q4mix_wasm.onnx",
+    # and so are the fused ones (targets/onnx/fuse.py)
+    "fp32-fused": "onnx/model_fused.onnx", "fp16-fused": "onnx/model_fp16_fused.onnx",
+    "q4-fused": "onnx/model_q4_fused.onnx",
 }
 # How transformers.js 4.x loads a variant that is not one of its dtypes: dtype fp32 adds no file
 # suffix, model_file_name replaces `model` (src/models/session_config.js, utils/model-loader.js).
 TRANSFORMERS_JS_LOAD = {
     "q4mix": {"dtype": "fp32", "model_file_name": "model_q4mix"},
     "q4mix-wasm": {"dtype": "fp32", "model_file_name": "model_q4mix_wasm"},
+    "fp32-fused": {"dtype": "fp32", "model_file_name": "model_fused"},
+    "fp16-fused": {"dtype": "fp32", "model_file_name": "model_fp16_fused"},
+    "q4-fused": {"dtype": "fp32", "model_file_name": "model_q4_fused"},
 }
 
 Progress = Callable[[str], Any]

@@ -48,8 +48,9 @@ class Family(ABC):
 
     # --- golden -------------------------------------------------------------------------------------
     @abstractmethod
-    def compute_golden(self, source: Any, recipe: Any, out: Path, step: Progress) -> None:
-        """Run PyTorch fp32 on the family's fixed inputs and store the golden under out/reference/."""
+    def compute_golden(self, source: Any, recipe: Any, out: Path, step: Progress, models: Any = None) -> None:
+        """Run PyTorch fp32 on the family's fixed inputs and store the golden under out/reference/.
+        `models` (torch_model.Models): modules loaded once per conversion, shared with the converter."""
 
     @abstractmethod
     def load_golden(self, root: Path) -> Any:

@@ -30,7 +30,7 @@ class DecoderFamily(Family):
     client_task = "text-generation"
     thresholds = LM_THRESHOLDS
 
-    def compute_golden(self, source: Any, recipe: Any, out: Path, step: Progress) -> None:
+    def compute_golden(self, source: Any, recipe: Any, out: Path, step: Progress, models: Any = None) -> None:
         step(f"reference: PyTorch fp32, {len(lm.PROMPTS)} prompts x {lm.STEPS} greedy steps with KV cache "
              f"({source.name})")
         lm.compute_golden(source.path, trust_remote_code=source.trust_remote_code).save(out)

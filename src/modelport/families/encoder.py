@@ -61,9 +61,9 @@ class EncoderFamily(Family):
     client_task = "feature-extraction"
     thresholds = THRESHOLDS
 
-    def compute_golden(self, source: Any, recipe: Any, out: Path, step: Progress) -> None:
+    def compute_golden(self, source: Any, recipe: Any, out: Path, step: Progress, models: Any = None) -> None:
         step(f"reference: PyTorch fp32 on validation set ({source.name})")
-        reference.compute(source, recipe).save(out)
+        reference.compute(source, recipe, models=models).save(out)
 
     def load_golden(self, root: Path) -> Golden:
         return Golden.load(root)

@@ -73,14 +73,21 @@ class ConvertContext:
     out: Path  # the staging directory (renamed into place when everything succeeded)
     step: Callable[[str], None]
     options: Any  # an instance of the converter's Options
+    models: Any = None  # torch_model.Models: the modules the golden already loaded (None: load your own)
 
 
 class ArtifactSession(ABC):
     """One opened artifact, for the validator: makes a runner per variant and keeps per-artifact state
     (e.g. notes a browser check produced) that module globals or function attributes used to carry."""
 
-    def __init__(self, root: Path) -> None:
+    # How many variants the validator may run at once. 1 unless runners are independent, thread-safe
+    # and run outside the GIL (onnxruntime); the validator then gives each runner `threads` threads
+    # so that together they use the machine's cores once.
+    parallel_variants: int = 1
+
+    def __init__(self, root: Path, threads: int | None = None) -> None:
         self.root = root
+        self.threads = threads  # intra-op threads per runner; None: the runtime's default
 
     @abstractmethod
     def runner(self, variant: str) -> Any:

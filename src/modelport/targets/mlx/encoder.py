@@ -113,6 +113,22 @@ def load_model(folder: Path):
 
 
 def load_runner(artifact: Path, variant: str) -> EncoderRunner:
+    # MLX's CPU backend uses reference BLAS (~1 GFLOP/s): results are memoized per input so the
+    # dequantized-weights comparison (extra_metrics) reuses the validation run instead of redoing it.
+    forward = load_forward(artifact, variant)
+    memo: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+
+    def run(feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        key = b"".join(feeds[k].astype(np.int64).tobytes() + str(feeds[k].shape).encode() for k in sorted(feeds))
+        if key not in memo:
+            memo[key] = forward(feeds)
+        return memo[key]
+
+    return run
+
+
+def load_forward(artifact: Path, variant: str) -> EncoderRunner:
+    """The variant's forward pass, computed on every call (modelport.runtime, `modelport bench`)."""
     import mlx.core as mx
 
     from .head import Head
@@ -122,15 +138,6 @@ def load_runner(artifact: Path, variant: str) -> EncoderRunner:
     # The head the shipped folder describes (pooling, Dense layers, normalize, truncation): this also
     # proves the sentence-transformers files were carried over.
     head = Head.from_folder(folder, int(read_json(folder / "config.json")["hidden_size"]))
-    # MLX's CPU backend uses reference BLAS (~1 GFLOP/s): results are memoized per input so the
-    # dequantized-weights comparison (extra_metrics) reuses the validation run instead of redoing it.
-    memo: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
-
-    def run(feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        key = b"".join(feeds[k].astype(np.int64).tobytes() + str(feeds[k].shape).encode() for k in sorted(feeds))
-        if key not in memo:
-            memo[key] = forward(feeds)
-        return memo[key]
 
     def forward(feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         ids = mx.array(feeds["input_ids"].astype(np.int32))
@@ -141,7 +148,7 @@ def load_runner(artifact: Path, variant: str) -> EncoderRunner:
         mx.eval(hidden, pooled)
         return np.array(hidden), np.array(pooled)
 
-    return run
+    return forward
 
 
 def extra_metrics(artifact: Path, variant: str, run: EncoderRunner, golden) -> dict[str, Any]:

@@ -1,6 +1,9 @@
 """ONNX target: transformers.js's folder layout (WebGPU / wasm in the browser, Node), run by onnxruntime.
 
     encoder.py  sentence encoders: one fp32 export, then fp16 / int8 / 4-bit variants (OnnxEncoder)
+    export.py   the encoder export: a trace checked on probe shapes, or torch.export (quirk torch-export-only)
+    int8.py     dynamic int8 (q8 / uint8): onnxruntime's quantize_dynamic graph and numbers, vectorized
+    fuse.py     fused variants (opt-in): MultiHeadAttention / SkipLayerNorm / BiasGelu contrib operators
     decoder.py  decoder LLMs: a KV-cache graph in the text-generation layout (OnnxDecoder)
     ort.py      what both share: opset, 4-bit quantizer, session options, saving, runtime versions
     weights.py  every variant's stored weights as floats, for the check against the source (weight_stats.py)

@@ -3,7 +3,8 @@
     <out>/config.json  generation_config.json  tokenizer.json  tokenizer_config.json (chat_template inline)
     <out>/onnx/model.onnx        fp32
     <out>/onnx/model_fp16.onnx   fp16 weights and math; fp32 inputs, outputs and KV cache
-    <out>/onnx/model_q4.onnx     4-bit MatMulNBits (block 32, symmetric) on every MatMul incl. lm_head
+    <out>/onnx/model_q4.onnx     4-bit MatMulNBits (block 32, symmetric) on every MatMul incl. lm_head, and the
+                                 embedding table in the same 4-bit blocks (standard operators unpack the rows)
     <out>/onnx/model_q4f16.onnx  the same 4-bit weights with fp16 math
     <out>/reference/lm_golden.npz|json          PyTorch fp32 golden (lm.py)
     <out>/reference/lm_golden_q4.npz|json ...   PyTorch on each 4-bit file's dequantized weights
@@ -20,11 +21,17 @@ from the input's shape, reading every symbolic dimension other than `batch_size`
 
 Export: torch.onnx.export(dynamo=True) of the Hugging Face model wrapped so the cache is a flat
 list of tensors. The TorchScript exporter is not used (transformers 5's masks, quirk
-`torch-export-only`). Tied embeddings: see untie_lm_head and the `tied-embeddings` quirk.
+`torch-export-only`). The graph is exported once from a model without storage and each variant's
+weights are streamed from the checkpoint into it (stream.py): peak memory is one PyTorch model (the
+export check and the goldens need one), not the 3-4 copies of the old export -> fp16 -> untie -> quantize
+chain on whole ModelProtos (16-17 GB per billion parameters). Tied embeddings: see _tied_policy and the
+`tied-embeddings` quirk. The embedding table is 4-bit in the 4-bit variants so a 3B q4f16 file fits a
+browser tab's 2 GB (float16, SmolLM3-3B's table alone is 525 MB).
 """
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,16 +41,19 @@ from ...errors import ModelportError
 from ...families import DECODER
 from ...manifest import TargetInfo
 from ..registry import ArtifactSession, ConvertContext, Variant, register
-from .ort import OPSET, OnnxConverter, Q4_BLOCK, needs_external_data, quantize_q4, save_model, session_options
-from .weights import matmul_nbits_matrices  # the one MatMulNBits reader (also the weight check's)
+from . import stream
+from .ort import OPSET, OnnxConverter, Q4_BLOCK, session_options
+from .stream import Checkpoint, DequantizedWeights, Skeleton, write_streamed
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
         Variant("fp32", "onnx/model.onnx", "fp32", "float32 export, KV cache"),
         Variant("fp16", "onnx/model_fp16.onnx", "fp16", "float16 weights/compute, fp32 io and KV cache"),
-        Variant("q4", "onnx/model_q4.onnx", "q4", f"4-bit MatMulNBits block {Q4_BLOCK} sym, fp32 compute"),
-        Variant("q4f16", "onnx/model_q4f16.onnx", "q4f16", f"4-bit MatMulNBits block {Q4_BLOCK} sym, fp16 compute"),
+        Variant("q4", "onnx/model_q4.onnx", "q4",
+                f"4-bit MatMulNBits block {Q4_BLOCK} sym + 4-bit embedding, fp32 compute"),
+        Variant("q4f16", "onnx/model_q4f16.onnx", "q4f16",
+                f"4-bit MatMulNBits block {Q4_BLOCK} sym + 4-bit embedding, fp16 compute"),
     )
 }
 DEFAULT_VARIANTS = tuple(VARIANTS)
@@ -90,20 +100,12 @@ def make_kv_wrapper(model, num_layers: int):
     return KVCacheLM().eval()
 
 
-def export_fp32(source, recipe, path: Path) -> dict[str, float]:
-    """torch.export -> ONNX, then canonical transformers.js dimension names. Returns a sanity check:
-    the exported graph vs the PyTorch wrapper on the (batch 2, 4 new tokens, 3 past) example."""
-    import onnx
+def export_example(recipe) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The traced example and its dynamic shapes: batch 2, 4 new tokens after 3 cached ones, so no
+    dimension is 0 or 1 and none specializes."""
     import torch
 
-    from ...torch_model import load_causal_lm_source
-
-    # eager attention, the golden's kernel (see torch_model.load_causal_lm: SDPA's decomposition
-    # rounds differently and misses the fp32 gate)
-    model = load_causal_lm_source(source)
     L, kvh, hd = recipe.num_layers, recipe.num_kv_heads, recipe.head_dim
-    wrapper = make_kv_wrapper(model, L)
-    # batch 2, 4 new tokens after 3 cached ones: no dimension is 0 or 1, so none specializes
     batch, new, past_len = 2, 4, 3
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, recipe.vocab_size, (batch, new), generator=gen)
@@ -113,24 +115,39 @@ def export_fp32(source, recipe, path: Path) -> dict[str, float]:
     auto = torch.export.Dim.AUTO
     dynamic = {"input_ids": {0: auto, 1: auto}, "attention_mask": {0: auto, 1: auto},
                "position_ids": {0: auto, 1: auto}, "past": tuple({0: auto, 2: auto} for _ in range(2 * L))}
-    n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    external = needs_external_data(n_bytes)
+    return (ids, mask, pos, past), dynamic
+
+
+def export_skeleton(source, recipe) -> Skeleton:
+    """torch.export -> ONNX of a storage-less model (stream.py), with transformers.js's dimension names."""
+    example, dynamic = export_example(recipe)
+    L = recipe.num_layers
+    skel = stream.export_skeleton(source, lambda model: make_kv_wrapper(model, L), example, dynamic,
+                                  list(recipe.inputs) + past_names(L), ["logits"] + present_names(L))
+    name_dims(skel.proto, recipe)
+    return skel
+
+
+def export_check(source, recipe, path: Path, weights: DequantizedWeights | None) -> dict[str, float]:
+    """The written graph on the export example (batch 2, non-empty past) vs the PyTorch wrapper: catches a
+    graph that only works for the shapes validation happens to use. `path` is the fp32 file, or (no fp32
+    variant) a 4-bit file, then PyTorch runs its dequantized weights (`weights`) in float32."""
+    import torch
+
+    from ...lm import replace_weights
+    from ...torch_model import load_causal_lm_source
+
+    model = load_causal_lm_source(source)
+    if weights is not None:
+        replace_weights(model, weights, torch.float32)
+    example, _ = export_example(recipe)
     with torch.no_grad():
-        expected = wrapper(ids, mask, pos, past)
-        program = torch.onnx.export(
-            wrapper, (ids, mask, pos, past), dynamo=True, dynamic_shapes=dynamic,
-            input_names=list(recipe.inputs) + past_names(L), output_names=["logits"] + present_names(L),
-            opset_version=OPSET, optimize=True, external_data=external, verbose=False)
-    before = set(path.parent.iterdir())
-    program.save(str(path), external_data=external)
-    proto = onnx.load(str(path), load_external_data=external)
-    name_dims(proto, recipe)
-    if external:
-        # transformers.js loads <file>_data (use_external_data_format); the exporter names it otherwise
-        for f in set(path.parent.iterdir()) - before - {path}:
-            f.unlink()
-    save_model(proto, path)
-    return _sanity(path, ids, mask, pos, past, expected, L)
+        expected = make_kv_wrapper(model, recipe.num_layers)(*example)
+    del model
+    gc.collect()  # the model before the session, not both (3B: 12.3 GB + the q4f16 session)
+    result = {"graph": path.name, **_sanity(path, *example, expected, recipe.num_layers)}
+    gc.collect()  # the session before the golden's model
+    return result
 
 
 def name_dims(proto, recipe) -> None:
@@ -178,123 +195,6 @@ def _sanity(path: Path, ids, mask, pos, past, expected, num_layers: int) -> dict
                                                   for g, e in zip(got[1:], expected[1:]))}
 
 
-def to_fp16(src: Path, dst: Path) -> None:
-    """fp16 weights and math with fp32 inputs/outputs (KV cache included): what transformers.js's
-    own conversion script writes for dtype 'fp16', and the cache then needs no dtype handling in
-    the client. Ops onnxruntime keeps in fp32 for accuracy (its default block list) stay fp32."""
-    import onnx
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True,
-                                     op_block_list=list(DEFAULT_OP_BLOCK_LIST))
-    save_model(model, dst)
-
-
-def untie_lm_head(src: Path, dst: Path) -> list[str]:
-    """Give a tied lm_head its own weight so the 4-bit quantizer can quantize it.
-
-    With tied embeddings the exporter feeds the lm_head MatMul through a Transpose of the
-    embedding table (one table in the file; onnxruntime folds the Transpose at load). The
-    MatMulNBits quantizer only quantizes MatMuls whose weight is an initializer, so it would keep
-    the lm_head, the largest matrix of a small model (Llama-3.2-1B: 128256 x 2048), in float and
-    every decode step would read it at full width. Policy (quirk `tied-embeddings`): fp32/fp16 keep
-    the single table; 4-bit variants store the transposed table as the lm_head's own initializer
-    (then quantized) and keep the embedding Gather in float. Returns the new initializer names.
-    """
-    import onnx
-    from onnx import numpy_helper
-
-    proto = onnx.load(str(src))
-    graph = proto.graph
-    inits = {i.name: i for i in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers[i] = consumers.get(i, 0) + 1
-    made, dead = [], []
-    for node in graph.node:
-        t = producer.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) > 1 else None
-        if t is None or t.op_type != "Transpose" or t.input[0] not in inits:
-            continue
-        weight = numpy_helper.to_array(inits[t.input[0]])
-        perm = next((list(a.ints) for a in t.attribute if a.name == "perm"), None)
-        if weight.ndim != 2 or perm not in (None, [1, 0]):
-            continue
-        name = f"{t.input[0]}.lm_head_transposed"
-        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight.T), name=name))
-        consumers[node.input[1]] -= 1
-        if consumers[node.input[1]] == 0:
-            dead.append(t)
-        node.input[1] = name
-        made.append(name)
-    for t in dead:
-        graph.node.remove(t)
-    save_model(proto, dst)
-    return made
-
-
-# --- dequantized weights: what PyTorch must compute to reproduce a 4-bit file ------------------------
-
-
-def linear_weight_names(fp32_path: Path, source) -> dict[str, str]:
-    """fp32 graph MatMul weight initializer -> PyTorch Linear weight name.
-
-    torch.onnx stores each Linear weight as a constant-folded transpose with a generated name
-    (`val_88`), so the match is by value: the initializer equals exactly (bitwise) the transpose
-    of one Linear's weight. Only Linear weights are candidates, so a tied lm_head maps to
-    `lm_head.weight`, not to the embedding table it equals.
-    """
-    import hashlib
-
-    import onnx
-    import torch
-    from onnx import numpy_helper
-
-    from ...torch_model import load_causal_lm_source
-
-    model = load_causal_lm_source(source)
-    by_hash: dict[str, list[str]] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            w = module.weight.detach().numpy().astype(np.float32).T
-            key = hashlib.sha256(np.ascontiguousarray(w).tobytes() + str(w.shape).encode()).hexdigest()
-            by_hash.setdefault(key, []).append(f"{name}.weight")
-    proto = onnx.load(str(fp32_path))
-    inits = {i.name: i for i in proto.graph.initializer}
-    mapping: dict[str, str] = {}
-    for node in proto.graph.node:
-        if node.op_type != "MatMul" or node.input[1] not in inits:
-            continue
-        w = numpy_helper.to_array(inits[node.input[1]])
-        if w.dtype != np.float32 or w.ndim != 2:
-            continue
-        key = hashlib.sha256(np.ascontiguousarray(w).tobytes() + str(w.shape).encode()).hexdigest()
-        names = by_hash.get(key, [])
-        if len(names) != 1:
-            raise ValueError(f"MatMul {node.name}: weight {node.input[1]} matches {len(names)} Linear layers "
-                             f"({names[:3]}); cannot build the dequantized reference")
-        mapping[node.input[1]] = names[0]
-    return mapping
-
-
-def dequantized_weights(q_path: Path, weight_names: dict[str, str]) -> dict[str, np.ndarray]:
-    """PyTorch state-dict entries for every MatMulNBits of `q_path`.
-
-    The quantizer names each 4-bit weight `<fp32 initializer>_Q4` (and converts fp16 in place),
-    so `weight_names` from the fp32 graph identifies the Linear exactly.
-    """
-    out: dict[str, np.ndarray] = {}
-    for name, matrix in matmul_nbits_matrices(q_path):
-        base = name.removesuffix("_Q4")
-        if base not in weight_names:
-            raise ValueError(f"{q_path.name}: 4-bit weight {name} has no fp32 counterpart")
-        out[weight_names[base]] = matrix
-    if not out:
-        raise ValueError(f"{q_path.name} has no MatMulNBits node")
-    return out
-
-
 # --- the artifact --------------------------------------------------------------------------------
 
 
@@ -334,57 +234,64 @@ def _external_chunks(out: Path, variants: list[str]) -> dict[str, int]:
 
 
 def convert(source, recipe, variants: list[str], out: Path, step: Step) -> TargetInfo:
-    """Export fp32, derive the variants, store each 4-bit variant's dequantized-weights golden."""
+    """Export the graph once without weights, write each variant by streaming the checkpoint into it
+    (stream.py), store each 4-bit variant's dequantized-weights golden.
+
+    Peak memory is the largest of: one PyTorch model (the export check, the goldens), the graph, one
+    tensor being converted. Measured on 2 cores shared with other sessions (load 3-7), 2026-12-05:
+    - llama-3.2-1b-shape, q4, benchmarks/lm_scale.py --skip-validation: peak RSS 13.17 GB (old path 19.78),
+      q4 file 939 MB (old 1826 MB: float32 embedding), 1392 s (old 413 s on a quiet CPU; the float64
+      golden alone took 862 s here). That run still loaded PyTorch with from_pretrained, whose mapped
+      pages doubled the weights in the RSS at each load; torch_model.load_causal_lm now reads tensors.
+    - smollm3-3b-shape (3.08B, 12.3 GB fp32), q4f16, this converter alone, two runs: export 97-104 s at
+      0.7 GB, write 469-676 s at 4.4 GB, export check 17.1 GB (the float32 model plus the temporaries of
+      dequantizing a 1 GB table), float64 golden 17.0-17.45 GB (float32 weights, one float64 weight at a
+      time; both runs stopped in its first steps: at this load it needs ~30 min); peak 17.13 GB with the
+      gc.collect() calls between phases (17.45 GB without). q4f16 = 5.0 MB graph + 1894 MB weights =
+      1.90 GB, under a browser's 2 GB."""
     from ...lm import compute_golden, golden_name
 
     (out / "onnx").mkdir(parents=True, exist_ok=True)
     path = {name: out / VARIANTS[name].path for name in VARIANTS}
-    step("export fp32 with KV cache (torch.export -> ONNX)")
-    sanity = export_fp32(source, recipe, path["fp32"])
-    need_fp16 = "fp16" in variants or "q4f16" in variants
-    if need_fp16:
-        step(f"write fp16 ({VARIANTS['fp16'].description})")
-        to_fp16(path["fp32"], path["fp16"])
+    step("export the KV-cache graph without weights (torch.export -> ONNX; weights streamed per variant)")
+    skel = export_skeleton(source, recipe)
+    ckpt = Checkpoint(source.weight_files)
+    for v in (v for v in VARIANTS if v in variants):
+        step(f"write {v} ({VARIANTS[v].description}), streaming the checkpoint")
+        built = stream.q4_variant(skel, ckpt, fp16=(v == "q4f16")) if v in DEQUANTIZED_GOLDEN else \
+            stream.float_variant(skel, ckpt, fp16=(v == "fp16"))
+        remove_onnx(path[v])
+        write_streamed(built, path[v])
+        del built
+    del skel, ckpt
     quantized = [v for v in variants if v in DEQUANTIZED_GOLDEN]
-    # 4-bit variants are quantized from an untied copy (see untie_lm_head), removed afterwards
-    untied = {"q4": out / "onnx/.untied_fp32.onnx", "q4f16": out / "onnx/.untied_fp16.onnx"}
-    for v in quantized:
-        step(f"write {v} ({VARIANTS[v].description})")
-        untie_lm_head(path["fp32" if v == "q4" else "fp16"], untied[v])
-        quantize_q4(untied[v], path[v], quiet=True)
+    step("export check: the graph on the traced example vs PyTorch")
+    checked = "fp32" if "fp32" in variants else quantized[0]
+    sanity = export_check(source, recipe, path[checked], None if checked == "fp32" else
+                          DequantizedWeights(path[checked]))
     dequant: dict[str, Any] = {}
-    if quantized:
-        if not untied["q4"].exists():
-            untie_lm_head(path["fp32"], untied["q4"])
-        names = linear_weight_names(untied["q4"], source)
-        for v in quantized:
-            step(f"reference: PyTorch (float64) on {v}'s dequantized weights")
-            weights = dequantized_weights(path[v], names)
-            dequant[v] = {"golden": f"reference/{golden_name(v)}.npz", "weights_replaced": len(weights),
-                          "linear_layers": len(names)}
-            compute_golden(source.path, state_dict=weights,  # consumes weights
-                           trust_remote_code=source.trust_remote_code).save(out, golden_name(v))
-    for tmp in untied.values():
-        remove_onnx(tmp)
-    if "fp16" not in variants and need_fp16:
-        remove_onnx(path["fp16"])
-    if "fp32" not in variants:
-        remove_onnx(path["fp32"])
+    for v in quantized:
+        step(f"reference: PyTorch (float64) on {v}'s dequantized weights")
+        weights = DequantizedWeights(path[v])  # what the written file holds, read back
+        dequant[v] = {"golden": f"reference/{golden_name(v)}.npz", "weights_replaced": len(weights),
+                      "embedding_quantized": any(e[1].endswith(".embedding_scales") for e in weights.entries.values())}
+        compute_golden(source.path, state_dict=weights,  # consumes weights, reading each from the file
+                       trust_remote_code=source.trust_remote_code).save(out, golden_name(v))
     external = _external_chunks(out, variants)
     write_lm_layout(source, recipe, out, external)
     return TargetInfo.of(
         "onnx", DECODER.name, variants, VARIANTS,
         per_variant={v: {"dequantized_reference": dequant[v]} for v in dequant},
         opset=OPSET, layout="transformers.js text-generation", export_check=sanity,
-        tied_embeddings=_tied_policy(recipe))
+        tied_embeddings=_tied_policy(recipe), export="streamed: weightless graph, checkpoint tensors written one at a time")
 
 
 def _tied_policy(recipe) -> str:
     if not recipe.tie_word_embeddings:
         return "untied in the checkpoint"
     return ("tied in the checkpoint: fp32/fp16 store one table (the lm_head reads it through a Transpose); "
-            "4-bit variants give the lm_head its own transposed copy, quantized, and keep the embedding Gather "
-            "in float")
+            "4-bit variants quantize the table once (block 32, symmetric) and store it twice: as the lm_head's "
+            "MatMulNBits weight and as the embedding's 4-bit blocks (the same codes and scales)")
 
 
 # --- the runner ------------------------------------------------------------------------------------

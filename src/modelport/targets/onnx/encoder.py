@@ -36,8 +36,12 @@ from ...families import DECODER_EMBEDDER_FAMILY, ENCODER, MULTI_VECTOR_FAMILY
 from ...manifest import TargetInfo
 from ...quant.plan import Plan
 from ..registry import ArtifactSession, ConvertContext, Converter, NoOptions, Variant, register
+from .export import Exported, export_embedder
+from .int8 import quantize_dynamic_int8
 from .ort import OPSET, OnnxConverter, Q4_BLOCK, needs_external_data, quantize_q4, session_options
 from .quantize import SEARCHED_VARIANTS, WASM_EMBEDDING_FORMATS
+from . import fuse
+from .fuse import FUSED_VARIANTS
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -48,6 +52,12 @@ VARIANTS: dict[str, Variant] = {
         Variant("uint8", "onnx/model_uint8.onnx", "uint8", "dynamic int8, per-channel QUInt8 weights"),
         Variant("q4", "onnx/model_q4.onnx", "q4", f"4-bit MatMulNBits block {Q4_BLOCK} sym"),
         Variant("q4f16", "onnx/model_q4f16.onnx", "q4f16", f"fp16 + 4-bit MatMulNBits block {Q4_BLOCK} sym"),
+        # Fused (fuse.py): onnxruntime contrib operators MultiHeadAttention, SkipLayerNormalization,
+        # BiasGelu; gated as the precision they are made in. Opt-in (`--variants`), loaded by
+        # transformers.js with dtype fp32 + model_file_name (clients.TRANSFORMERS_JS_LOAD).
+        Variant("fp32-fused", "onnx/model_fused.onnx", "fp32", "float32 export, transformer ops fused"),
+        Variant("fp16-fused", "onnx/model_fp16_fused.onnx", "fp16", "fp32-fused -> float16 weights/compute, fp32 io"),
+        Variant("q4-fused", "onnx/model_q4_fused.onnx", "q4", f"fp32-fused -> 4-bit MatMulNBits block {Q4_BLOCK} sym"),
         # Searched variants (quantize.py): written only from a plan (`--quant-plan`), never by default.
         # transformers.js loads them with dtype fp32 + model_file_name (clients.TRANSFORMERS_JS_LOAD).
         Variant("q4mix", "onnx/model_q4mix.onnx", "q4mix",
@@ -57,7 +67,7 @@ VARIANTS: dict[str, Variant] = {
                 searched=True),
     )
 }
-DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v not in SEARCHED_VARIANTS)
+DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v not in SEARCHED_VARIANTS and v not in FUSED_VARIANTS)
 
 if TYPE_CHECKING:
     from ...quant.search import SearchContext, SearchResult
@@ -67,43 +77,14 @@ Step = Callable[[str], Any]
 EncoderRunner = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, ...]]
 
 
-def export_fp32(source, recipe, path: Path) -> None:
-    """torch.export -> ONNX with dynamic batch and sequence axes.
+def export_fp32(source, recipe, path: Path, note: Step | None = None, models=None) -> Exported:
+    """The recipe's whole encoder (trunk + embedding head) -> ONNX with dynamic batch and sequence
+    axes: traced where export.py allows it and the probes agree, torch.export otherwise.
+    `models` (torch_model.Models): the module the golden ran, when the caller has it."""
+    from ...torch_model import Models
 
-    The dynamo exporter is required (quirk `torch-export-only`): the legacy exporter bakes the
-    example shape into transformers 5's attention mask.
-    """
-    import torch
-
-    from ...torch_model import load_hf_model, make_encoder
-
-    encoder = make_encoder(load_hf_model(source), recipe, source.path)
-    # Example inputs: batch 2, length 8, with one padded row (on the tokenizer's padding side), so no
-    # dimension specializes to 1.
-    ids = torch.full((2, 8), 5, dtype=torch.long)
-    mask = torch.ones((2, 8), dtype=torch.long)
-    if recipe.head.padding_side == "left":
-        mask[1, :3] = 0
-    else:
-        mask[1, 5:] = 0
-    example = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
-    args = tuple(example[n] for n in recipe.inputs)
-    batch = torch.export.Dim("batch", max=4096)
-    seq = torch.export.Dim("sequence", max=recipe.max_length)
-    dynamic = tuple({0: batch, 1: seq} for _ in recipe.inputs)
-    n_bytes = sum(p.numel() * p.element_size() for p in encoder.parameters())
-    torch.onnx.export(
-        encoder,
-        args,
-        str(path),
-        dynamo=True,
-        input_names=list(recipe.inputs),
-        output_names=list(recipe.outputs),
-        dynamic_shapes=dynamic,
-        opset_version=OPSET,
-        external_data=needs_external_data(n_bytes),  # protobuf's 2 GB limit
-        verbose=False,
-    )
+    encoder = (models or Models()).encoder(source, recipe)
+    return export_embedder(encoder, recipe, path, int(source.config["vocab_size"]), note)
 
 
 def to_fp16(src: Path, dst: Path) -> None:
@@ -116,25 +97,20 @@ def to_fp16(src: Path, dst: Path) -> None:
 
 
 def quantize_dynamic(src: Path, dst: Path, signed: bool) -> None:
-    from onnxruntime.quantization import QuantType
-    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
-
-    # Per-channel weight scales: per-tensor scales cost MiniLM 0.90 -> 0.98 min cosine (measured).
+    """q8 (signed) / uint8: onnxruntime's dynamic per-channel int8, written by int8.py (same numbers,
+    5x faster). Per-channel weight scales: per-tensor scales cost MiniLM 0.90 -> 0.98 min cosine (measured)."""
     with _gemm_as_matmul(src) as model:
-        ort_quantize_dynamic(
-            str(model), str(dst), weight_type=QuantType.QInt8 if signed else QuantType.QUInt8, per_channel=True
-        )
+        quantize_dynamic_int8(model, dst, signed)
 
 
 @contextmanager
 def _gemm_as_matmul(src: Path) -> Iterator[Path]:
     """`src`, or a copy whose Gemm nodes are MatMul + Add with no stale shape annotations.
 
-    onnxruntime's dynamic quantizer rewrites Gemm(transB=1) to MatMul itself, then re-runs shape
-    inference over the value_info it inferred before the rewrite and fails ("Inferred shape and
-    existing shape differ in dimension 0: (96) vs (384)" on EmbeddingGemma's Dense layers, the only
-    2-D Linear layers of an embedder). Doing the same rewrite first, with value_info dropped, leaves
-    it nothing to rewrite.
+    int8.py quantizes MatMul weights; EmbeddingGemma's Dense layers (the only 2-D Linear layers of an
+    embedder) export as Gemm(transB=1). onnxruntime's rewrite makes them MatMul + Add; value_info is
+    dropped (stale after the rewrite: onnxruntime's own quantizer failed on it with "Inferred shape
+    and existing shape differ in dimension 0: (96) vs (384)").
     """
     import onnx
     from onnxruntime.quantization.onnx_model import ONNXModel
@@ -162,21 +138,28 @@ def write_layout(source, recipe, out: Path) -> list[str]:
     return copy_model_files(source, recipe, out)
 
 
-def convert(source, recipe, variants: list[str], out: Path, step: Step, plans: dict[str, Plan] | None = None) -> TargetInfo:
+def convert(source, recipe, variants: list[str], out: Path, step: Step, plans: dict[str, Plan] | None = None,
+            models=None) -> TargetInfo:
     """Write the requested variants under `out`; returns the target section of the manifest.
     `plans`: the plan of each searched variant requested (q4mix, q4mix-wasm), recorded in the manifest."""
     plans = plans or {}
     (out / "onnx").mkdir(parents=True, exist_ok=True)
     path = {name: out / VARIANTS[name].path for name in VARIANTS}
     fp32 = path["fp32"]
-    step("export fp32 (torch.export -> ONNX)")
-    export_fp32(source, recipe, fp32)
+    step("export fp32 (trace checked on probe shapes, or torch.export)")
+    exported = export_fp32(source, recipe, fp32, step, models)
     builders: dict[str, Callable[[], None]] = {
         "fp16": lambda: to_fp16(fp32, path["fp16"]),
         "q8": lambda: quantize_dynamic(fp32, path["q8"], signed=True),
         "uint8": lambda: quantize_dynamic(fp32, path["uint8"], signed=False),
         "q4": lambda: quantize_q4(fp32, path["q4"]),
         "q4f16": lambda: quantize_q4(path["fp16"], path["q4f16"]),
+        "fp32-fused": lambda: fuse.fuse(fp32, path["fp32-fused"], source.config, exported.exporter),
+        "fp16-fused": lambda: fuse.write_from_fused(fp32, path["fp32-fused"], path["fp16-fused"], to_fp16,
+                                                    source.config, exported.exporter),
+        "q4-fused": lambda: fuse.write_from_fused(fp32, path["fp32-fused"], path["q4-fused"],
+                                                  lambda src, dst: quantize_q4(src, dst, quiet=True),
+                                                  source.config, exported.exporter),
     }
     fp16_tmp = False
     if "q4f16" in variants and "fp16" not in variants:
@@ -197,7 +180,7 @@ def convert(source, recipe, variants: list[str], out: Path, step: Step, plans: d
     write_layout(source, recipe, out)
     per_variant = {v: {"plan": p.to_json(), "plan_sha256": p.digest()} for v, p in plans.items()}
     return TargetInfo.of("onnx", recipe.family, variants, VARIANTS, per_variant=per_variant, opset=OPSET,
-                         layout="transformers.js", outputs=list(recipe.outputs))
+                         layout="transformers.js", outputs=list(recipe.outputs), export=exported.to_json())
 
 
 def searched_plans(quant_plan: str | None, variants: list[str], model: str) -> dict[str, Plan]:
@@ -232,8 +215,12 @@ def load_runner(artifact: Path, variant: str, threads: int = 2) -> EncoderRunner
 
 
 class OnnxEncoderSession(ArtifactSession):
+    # onnxruntime sessions are independent and run outside the GIL: six MiniLM variants validate in
+    # 2.2 s two at a time (one thread each) against 3.6 s one after another (two threads), measured here
+    parallel_variants = 2
+
     def runner(self, variant: str) -> EncoderRunner:
-        return load_runner(self.root, variant)
+        return load_runner(self.root, variant, self.threads or 2)
 
 
 @register
@@ -261,7 +248,7 @@ class OnnxEncoder(OnnxConverter):
 
     def convert(self, ctx: ConvertContext) -> TargetInfo:
         plans = searched_plans(getattr(ctx.options, "quant_plan", None), ctx.variants, ctx.source.name)
-        return convert(ctx.source, ctx.recipe, ctx.variants, ctx.out, ctx.step, plans)
+        return convert(ctx.source, ctx.recipe, ctx.variants, ctx.out, ctx.step, plans, ctx.models)
 
     def quantize_search(self, ctx: "SearchContext") -> "SearchResult":
         from .quantize import search
@@ -275,9 +262,11 @@ class OnnxEncoder(OnnxConverter):
 @register
 class OnnxDecoderEmbedder(OnnxEncoder):
     """Qwen3-Embedding, EmbeddingGemma: the same export (torch.export traces the decoder trunk's
-    causal or bidirectional, sliding-window masks), the same variants."""
+    causal or bidirectional, sliding-window masks), the same variants but the fused ones: neither
+    fuser finds their attention (RoPE, GQA, q/k norms; fuse.py), so they are refused before any work."""
 
     family = DECODER_EMBEDDER_FAMILY.name
+    variants = {k: v for k, v in VARIANTS.items() if k not in FUSED_VARIANTS}
 
 
 @register

@@ -1,0 +1,61 @@
+"""modelport.runtime and `modelport bench` on the session's real MiniLM artifact (~20 s past the fixture).
+
+The runtime must give the vectors the validator judged (the golden sentence embeddings, fp32 within
+the family's fp32 gate), and the bench must produce sane rows: every speed positive, fp32's cosine
+to PyTorch ~1, int8's visibly lower. Counts are small: the numbers here prove the plumbing, not speed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from modelport import runtime
+from modelport.cli import main
+from modelport.reference import Golden
+
+
+def test_runtime_reproduces_the_golden_sentence_embeddings(minilm_onnx: Path) -> None:
+    enc = runtime.load(minilm_onnx)
+    assert isinstance(enc, runtime.Encoder) and enc.variant == "fp32" and enc.note is None
+    golden = Golden.load(minilm_onnx)
+    texts = golden.meta["texts"]
+    singles = [c for c in golden.cases if len(c["text_ids"]) == 1]
+    got = enc.encode([texts[c["text_ids"][0]] for c in singles], batch_size=8)
+    want = np.concatenate([golden.output(c["name"], "sentence_embedding") for c in singles])
+    assert np.abs(got - want).max() < 1e-5  # the fp32 gate (thresholds.py): what the validator judged
+
+
+def test_bench_writes_sane_numbers(minilm_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(minilm_onnx), "--variants", "fp32,q8", "--singles", "5", "--texts", "40",
+                 "--no-node", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = {(r["runtime"], r["variant"]): r for r in result["rows"]}
+    pt = rows[("pytorch eager (sentence-transformers)", "source")]
+    fp32 = rows[("onnxruntime (modelport.runtime)", "fp32")]
+    q8 = rows[("onnxruntime (modelport.runtime)", "q8")]
+    for r in (pt, fp32, q8):
+        assert r["single_ms"] > 0 and r["batch_texts_per_s"] > 0
+    assert pt["cos_min"] == 1.0
+    assert fp32["cos_min"] > 0.99999
+    assert 0.9 < q8["cos_min"] < 0.9999  # int8 differs, visibly, in the same table
+    assert result["texts"] == {"single": 5, "batch": 40, "batch_size": 32} and result["threads"] == 2
+    assert result["tokenize"]["per_single_call_ms"] > 0
+
+
+def test_bench_times_a_decoder(shared_artifact, tmp_path: Path) -> None:
+    """Prefill and decode tokens/s per runtime; the artifact is the contract test's (no extra conversion)."""
+    art = shared_artifact("tiny-llama", "onnx", "fp32,fp16,q4")
+    out = tmp_path / "lm.json"
+    assert main(["bench", str(art), "--variants", "fp32", "--prefill-tokens", "16", "--decode-tokens", "8",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["family"] == "causal-lm" and result["prompt_tokens"] == 16
+    pt, fp32 = result["rows"]
+    assert (pt["variant"], fp32["runtime"], fp32["variant"]) == ("source", "onnxruntime (modelport.runtime)", "fp32")
+    for r in (pt, fp32):
+        assert r["prefill_tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0
+    assert fp32["same_tokens"] == "9/9"  # the first token after prefill and 8 decode steps, all PyTorch's
