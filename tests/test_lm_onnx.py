@@ -226,6 +226,17 @@ def test_external_weights_leave_no_stale_files(tmp_path: Path, monkeypatch: pyte
     assert read_json(out / "manifest.json")["validation"]["status"] == "pass"
 
 
+def test_fp16_alone_is_checked_against_pytorch(tmp_path: Path) -> None:
+    """With neither fp32 nor a 4-bit variant requested, the export check runs the fp16 file (it once
+    indexed an empty list of 4-bit variants and stopped the conversion)."""
+    out = tmp_path / "llama-fp16"
+    assert convert("tiny-llama", "--target", "onnx", "--variants", "fp16", "--out", str(out)) == 0
+    man = read_json(out / "manifest.json")
+    check = man["target"]["export_check"]
+    assert check["graph"] == "model_fp16.onnx" and 0 < check["export_example_logits_max_abs"] < 0.05
+    assert man["validation"]["status"] == "pass"
+
+
 # --- the streamed export (issue 18: a 3B model in 24 GB) ------------------------------------------------
 
 

@@ -266,9 +266,11 @@ def convert(source, recipe, variants: list[str], out: Path, step: Step) -> Targe
     del skel, ckpt
     quantized = [v for v in variants if v in DEQUANTIZED_GOLDEN]
     step("export check: the graph on the traced example vs PyTorch")
-    checked = "fp32" if "fp32" in variants else quantized[0]
-    sanity = export_check(source, recipe, path[checked], None if checked == "fp32" else
-                          DequantizedWeights(path[checked]))
+    # fp32 if written, else a 4-bit file against its own dequantized weights, else (fp16 alone) the fp16
+    # file against float32 PyTorch: the figure then includes fp16 rounding (it is recorded, not gated)
+    checked = "fp32" if "fp32" in variants else (quantized[0] if quantized else variants[0])
+    sanity = export_check(source, recipe, path[checked], DequantizedWeights(path[checked])
+                          if checked in DEQUANTIZED_GOLDEN else None)
     dequant: dict[str, Any] = {}
     for v in quantized:
         step(f"reference: PyTorch (float64) on {v}'s dequantized weights")
