@@ -325,38 +325,53 @@ def load_mlx_lm_folder(folder: Path):
 
 
 def onnx_dequantized(path: Path, linear: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """PyTorch Linear name -> the float matrix each MatMulNBits of `path` stores.
+    """PyTorch parameter name -> the float matrix each 4-bit weight of `path` stores: every MatMulNBits
+    and a 4-bit embedding table (GatherBlockQuantized, or blocks unpacked by standard operators, as
+    modelport's own decoder export writes since issue 18).
 
     A foreign graph's initializer names say nothing reliable (exporters generate them), so each 4-bit
-    matrix [N, K] is matched to the reference Linear weight of the same shape it is nearest to
-    (relative Frobenius distance); the match must be unique and the distance below 0.5 (4-bit rounding
-    is ~0.1 relative), else the golden cannot be built and the variant is not gated against one.
+    matrix [N, K] is matched to the reference weight (Linear or embedding) of the same shape it is
+    nearest to (relative Frobenius distance); the match must be unique and the distance below 0.5
+    (4-bit rounding is ~0.1 relative), else the golden cannot be built and the variant is not gated
+    against one. Tied weights (lm_head = embedding) are one reference matrix under several names: both
+    4-bit copies (the lm_head's MatMulNBits and the embedding's rows) must then hold the same values.
     """
-    from .targets.onnx.weights import matmul_nbits_matrices
+    from .targets.onnx.weights import onnx_weights
 
+    groups: list[tuple[list[str], np.ndarray]] = []  # names sharing one tensor (tied), its values
+    for name, ref in linear.items():
+        same = next((g for g in groups if g[1].shape == ref.shape and np.array_equal(g[1], ref)), None)
+        if same is None:
+            groups.append(([name], ref))
+        else:
+            same[0].append(name)
     out: dict[str, np.ndarray] = {}
-    for weight, w in matmul_nbits_matrices(path):
-        scored = sorted((float(np.linalg.norm(w - ref) / max(np.linalg.norm(ref), 1e-30)), name)
-                        for name, ref in linear.items() if ref.shape == w.shape)
+    for weight, w, bits in onnx_weights(path):
+        if bits != 4:
+            continue
+        scored = sorted((float(np.linalg.norm(w - ref) / max(np.linalg.norm(ref), 1e-30)), i)
+                        for i, (_, ref) in enumerate(groups) if ref.shape == w.shape)
         if not scored or scored[0][0] > 0.5 or (len(scored) > 1 and scored[1][0] < 2 * scored[0][0]):
-            raise ModelportError(f"{path.name}: 4-bit weight {weight} matches no reference Linear layer "
-                                 f"uniquely (nearest: {scored[:2]})")
-        if scored[0][1] in out:
-            raise ModelportError(f"{path.name}: two 4-bit weights match {scored[0][1]}")
-        out[scored[0][1]] = w
+            raise ModelportError(f"{path.name}: 4-bit weight {weight} matches no reference weight "
+                                 f"uniquely (nearest: {[(d, groups[i][0]) for d, i in scored[:2]]})")
+        names = groups[scored[0][1]][0]
+        if names[0] in out and not np.array_equal(out[names[0]], w):
+            raise ModelportError(f"{path.name}: two different 4-bit weights match {' = '.join(names)}")
+        out.update({n: w for n in names})
     if not out:
-        raise ModelportError(f"{path.name} has no MatMulNBits weight to build a dequantized golden from")
+        raise ModelportError(f"{path.name} has no 4-bit weight to build a dequantized golden from")
     return out
 
 
 def _reference_linears(reference: Path, trust_remote_code: bool) -> dict[str, np.ndarray]:
+    """The reference's Linear and Embedding weights by parameter name (what 4-bit files quantize)."""
     import torch
 
     from .torch_model import load_causal_lm
 
     model = load_causal_lm(reference, trust_remote_code=trust_remote_code)
     return {f"{name}.weight": m.weight.detach().float().numpy() for name, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear)}
+            if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))}
 
 
 # --- the audit ---------------------------------------------------------------------------------------
