@@ -152,7 +152,9 @@ class Graph:
 
 
 def _module_path(node: Any) -> str | None:
-    """The torch module a node came from (dynamo exporter metadata), without the wrapper's `model.`."""
+    """The torch module a node came from, without the wrapper's `model.`: the dynamo exporter's
+    metadata, or the TorchScript exporter's scoped node name (`/model/encoder/layer.0/attention/self/
+    query/MatMul`: sentence encoders are traced, targets/onnx/export.py)."""
     for prop in node.metadata_props:
         if prop.key == "pkg.torch.onnx.name_scopes":
             try:
@@ -161,6 +163,9 @@ def _module_path(node: Any) -> str | None:
                 return None
             if isinstance(scopes, list) and len(scopes) >= 2 and scopes[-2]:
                 return str(scopes[-2]).removeprefix("model.")
+    parts = node.name.split("/") if node.name.startswith("/") else []
+    if len(parts) >= 3 and all(parts[1:-1]):
+        return ".".join(parts[1:-1]).removeprefix("model.")
     return None
 
 
