@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ...errors import ModelportError
+from .ort import drop_dead_nodes
 
 # opt-in (`--variants`), not in DEFAULT_VARIANTS: see the docs for the cost that decided it
 FUSED_VARIANTS = ("fp32-fused", "fp16-fused", "q4-fused")
@@ -168,19 +169,8 @@ def _padding_mask_as_bias(model):
     first = min(i for i, n in enumerate(graph.node) if n in mha)
     for k, node in enumerate(nodes):
         graph.node.insert(first + k, node)
-    _drop_dead_nodes(graph)  # the lengths computation nothing reads any more
+    drop_dead_nodes(graph)  # the lengths computation nothing reads any more
     return model
-
-
-def _drop_dead_nodes(graph) -> None:
-    outputs = {o.name for o in graph.output}
-    while True:
-        used = {i for n in graph.node for i in n.input} | outputs
-        dead = [n for n in graph.node if not any(o in used for o in n.output)]
-        if not dead:
-            return
-        for n in dead:
-            graph.node.remove(n)
 
 
 # export.py's exporter name -> the fuser written for its graph shape: onnxscript's rewriters match

@@ -66,6 +66,18 @@ def save_model(model, dst: Path) -> None:
         onnx.save(model, str(dst))
 
 
+def drop_dead_nodes(graph) -> None:
+    """Remove nodes whose outputs nothing reads, until none is left (a rewrite's orphans)."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            return
+        for n in dead:
+            graph.node.remove(n)
+
+
 def runtime_versions() -> dict[str, str]:
     from importlib.metadata import version
 

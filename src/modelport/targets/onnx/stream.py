@@ -368,15 +368,10 @@ def q4_variant(skel: Skeleton, ckpt: Checkpoint, fp16: bool) -> Variant:
 
 def _prune(graph) -> None:
     """Drop nodes whose outputs nothing reads (the weights' Transposes) and initializers nothing reads."""
-    outputs = {o.name for o in graph.output}
-    while True:
-        used = {i for n in graph.node for i in n.input} | outputs
-        dead = [n for n in graph.node if not any(o in used for o in n.output)]
-        if not dead:
-            break
-        for n in dead:
-            graph.node.remove(n)
-    used = {i for n in graph.node for i in n.input} | outputs
+    from .ort import drop_dead_nodes
+
+    drop_dead_nodes(graph)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     keep = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)
