@@ -1,12 +1,13 @@
 """MLC's wasm32 CPU model library vs onnxruntime-web (wasm), same model, same token ids, one run.
 
     python benchmarks/mlc_vs_ort_web.py [--model all-minilm-l6-v2] [--repeat 3] [--threads 1]
-                                        [--rebuild-runtime]
+                                        [--mlc-variants f32,q4f32_1] [--rebuild-runtime]
 
 Both run in Node on the CPU, batch 1, on the golden token ids of the validation corpus (24
-sentences), each timed around the model call only, after one untimed warm-up:
-  mlc       the package's <model>-f32-wasm32-cpu.wasm through TVM's web runtime (node_runner.mjs),
-            single-threaded (TVM's wasm runtime has no threads)
+sentences), each timed around the model call only, after one untimed warm-up, round robin (one
+pass of each per round, so load on the machine hits every row alike; medians over the rounds):
+  mlc       each variant's <model>-<variant>-wasm32-cpu.wasm through TVM's web runtime
+            (node_runner.mjs), single-threaded (TVM's wasm runtime has no threads)
   ort-web   onnxruntime-web's wasm backend on the ONNX target's fp32 model (bench_ort_web.mjs),
             --threads (default 1: like for like)
 Also reported: a fresh emcc link of the MLC CPU library (Relax build + link), and the TVM web runtime
@@ -33,11 +34,14 @@ JS = ROOT / "src" / "modelport" / "targets" / "mlc" / "js"
 
 
 def ensure(model: str, target: str, variants: str) -> Path:
+    """artifacts/<model>/<target> with at least `variants` (converted again, --force, if one is missing)."""
     out = ROOT / "artifacts" / model / target
-    if not (out / "manifest.json").is_file():
+    have = set(json.loads((out / "manifest.json").read_text())["target"]["variants"]) \
+        if (out / "manifest.json").is_file() else set()
+    if not set(variants.split(",")) <= have:
         env = dict(os.environ, MODELPORT_MLC_BROWSER="off")
         subprocess.run([sys.executable, "-m", "modelport", "convert", model, "--target", target, "--variants",
-                        variants, "--out", str(out), "--skip-validation"], check=True, env=env)
+                        variants, "--out", str(out), "--skip-validation", "--force"], check=True, env=env)
     return out
 
 
@@ -49,20 +53,22 @@ def corpus_ids(artifact: Path) -> list[np.ndarray]:
     return [golden.inputs(singles[i])["input_ids"] for i in golden.meta["corpus_ids"]]
 
 
-def bench_mlc(artifact: Path, model: str, inputs: list[np.ndarray], repeat: int) -> list[float]:
+def mlc_runner(artifact: Path, model: str, variant: str):
+    """A warmed-up Node process serving the variant's CPU library."""
     from modelport.targets.mlc.encoder import NodeRunner
     from modelport.targets.mlc.layout import lib_path, package_dir
 
-    runner = NodeRunner(lib_path(artifact, model, "f32", "wasm32-cpu"), package_dir(artifact, "f32"))
-    runner(inputs[0], np.ones_like(inputs[0]))  # warm-up
-    runs = []
-    for _ in range(repeat):
-        runner.seconds = 0.0
-        for ids in inputs:
-            runner(ids, np.ones_like(ids))
-        runs.append(runner.seconds)
-    runner.close()
-    return runs
+    runner = NodeRunner(lib_path(artifact, model, variant, "wasm32-cpu"), package_dir(artifact, variant))
+    runner(np.array([[101, 102]]), np.ones((1, 2), dtype=np.int64))  # warm-up
+    return runner
+
+
+def mlc_pass(runner, inputs: list[np.ndarray]) -> float:
+    """Seconds inside the library's calls for one pass over the inputs."""
+    runner.seconds = 0.0
+    for ids in inputs:
+        runner(ids, np.ones_like(ids))
+    return runner.seconds
 
 
 def bench_ort(artifact: Path, inputs: list[np.ndarray], repeat: int, threads: int) -> tuple[list[float], str]:
@@ -115,28 +121,39 @@ def main() -> int:
     ap.add_argument("--model", default="all-minilm-l6-v2")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mlc-variants", default="f32,q4f32_1", help="MLC variants to time (comma-separated)")
     ap.add_argument("--rebuild-runtime", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    mlc = ensure(args.model, "mlc", "f32")
+    variants = args.mlc_variants.split(",")
+    mlc = ensure(args.model, "mlc", args.mlc_variants)
     onnx = ensure(args.model, "onnx", "fp32")
     inputs = corpus_ids(mlc)
     n_tokens = sum(i.shape[1] for i in inputs)
-    mlc_runs = bench_mlc(mlc, args.model, inputs, args.repeat)
-    ort_runs, ort_version = bench_ort(onnx, inputs, args.repeat, args.threads)
+    runners = {v: mlc_runner(mlc, args.model, v) for v in variants}
+    runs: dict[str, list[float]] = {v: [] for v in variants} | {"ort": []}
+    for _ in range(args.repeat):
+        for v, runner in runners.items():
+            runs[v].append(mlc_pass(runner, inputs))
+        ort_seconds, ort_version = bench_ort(onnx, inputs, 1, args.threads)
+        runs["ort"] += ort_seconds
+    for runner in runners.values():
+        runner.close()
     link = time_link(args.model)
     rt_s, rt_how = runtime_build(args.rebuild_runtime)
 
-    print(f"{args.model}: {len(inputs)} texts ({n_tokens} tokens) per run, batch 1, --repeat {args.repeat}, medians")
-    rows = [("MLC wasm32 CPU (TVM web runtime)", mlc_runs), (f"onnxruntime-web {ort_version} wasm "
-                                                             f"({args.threads} thread)", ort_runs)]
-    for label, runs in rows:
-        med = statistics.median(runs)
-        print(f"  {label:45s} {len(inputs) / med:8.1f} embeddings/s  {n_tokens / med:9.0f} tokens/s  "
-              f"runs {' '.join(f'{r:.2f}s' for r in runs)}")
-    ratio = statistics.median(ort_runs) / statistics.median(mlc_runs)
-    print(f"  MLC / onnxruntime-web throughput: {ratio:.2f}x")
+    print(f"{args.model}: {len(inputs)} texts ({n_tokens} tokens) per run, batch 1, --repeat {args.repeat} "
+          f"round robin, medians; load average {os.getloadavg()[0]:.2f}")
+    labels = {v: f"MLC {v} wasm32 CPU (TVM web runtime)" for v in variants}
+    labels["ort"] = f"onnxruntime-web {ort_version} wasm fp32 ({args.threads} thread)"
+    for key, label in labels.items():
+        med = statistics.median(runs[key])
+        print(f"  {label:52s} {len(inputs) / med:8.1f} embeddings/s  {n_tokens / med:9.0f} tokens/s  "
+              f"runs {' '.join(f'{r:.2f}s' for r in runs[key])}")
+    for v in variants:
+        ratio = statistics.median(runs["ort"]) / statistics.median(runs[v])
+        print(f"  MLC {v} / onnxruntime-web throughput: {ratio:.2f}x")
     print(f"  MLC CPU library: torch.export -> Relax {link['import_s']}s, Relax build {link['build_s']}s, "
           f"emcc link {link['link_s']}s")
     print(f"  TVM web runtime build: {rt_s:.0f}s ({rt_how})" if rt_s else "  TVM web runtime build: unknown")

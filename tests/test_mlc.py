@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -68,10 +69,10 @@ def minilm_mlc(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def arctic_mlc(shared_artifact) -> Path:
-    """tiny-bert-arctic f32 + f16, the f16 variant validated in Node against the fp16 gate (the
-    Chromium check is run by its own test: SwiftShader cannot run f16, f32 is covered on MiniLM).
+    """tiny-bert-arctic in all four variants (f32, f16, q4f32_1, q4f16_1), validated in Node (the
+    Chromium checks are run by their own tests: SwiftShader cannot run f16, f32 is covered on MiniLM).
     Shared with the registry contract test (same key: one link per session)."""
-    return shared_artifact("tiny-bert-arctic", "mlc", "f32,f16", env={"MODELPORT_MLC_BROWSER": "off"})
+    return shared_artifact("tiny-bert-arctic", "mlc", "f32,f16,q4f32_1,q4f16_1", env={"MODELPORT_MLC_BROWSER": "off"})
 
 
 def node_json(script: str, *args: str) -> dict:
@@ -91,7 +92,7 @@ def test_minilm_f32_matches_pytorch_in_node(minilm_mlc: Path) -> None:
 
 
 def test_package_is_what_webllm_expects(minilm_mlc: Path) -> None:
-    pkg = minilm_mlc / "f32" / "resolve" / "main"  # WebLLM appends resolve/main/ to the model URL
+    pkg = minilm_mlc / "f32"  # one hub-repo-shaped package per variant (targets/mlc/layout.py)
     cfg = read_json(pkg / "mlc-chat-config.json")
     assert cfg["context_window_size"] == cfg["prefill_chunk_size"] == 256  # MiniLM's real max length
     assert cfg["sliding_window_size"] == -1 and cfg["tokenizer_files"][0] == "tokenizer.json"
@@ -111,22 +112,32 @@ def test_package_is_what_webllm_expects(minilm_mlc: Path) -> None:
 
 def test_webgpu_library_has_wgsl_without_inf_literals(minilm_mlc: Path) -> None:
     """The WebGPU library embeds its WGSL; TVM prints +inf as `inff`, which WGSL rejects."""
-    lib = (minilm_mlc / "libs" / "all-minilm-l6-v2-f32-webgpu.wasm").read_bytes()
+    lib = (minilm_mlc / "f32" / "all-minilm-l6-v2-f32-webgpu.wasm").read_bytes()
     assert lib[:4] == b"\0asm"
     assert lib.count(b"@compute") > 10
     assert b"inff" not in lib
 
 
+def app_config(artifact: Path, call: str) -> subprocess.CompletedProcess:
+    """Run `call` (an expression over the module `m`) on the artifact's webllm-app-config.js in Node."""
+    script = f"const m = await import(process.argv[1]); console.log(JSON.stringify({call}))"
+    return subprocess.run(["node", "--input-type=module", "-e", script, (artifact / "webllm-app-config.js").as_uri()],
+                          capture_output=True, text=True)
+
+
 def test_app_config_snippet(minilm_mlc: Path) -> None:
-    script = ("const m = await import(process.argv[1]); "
-              "console.log(JSON.stringify(m.appConfig('http://127.0.0.1:8000/pkg/')))")
-    proc = subprocess.run(["node", "--input-type=module", "-e", script,
-                           (minilm_mlc / "webllm-app-config.js").as_uri()], capture_output=True, text=True)
+    """From a hub id: the URLs WebLLM 0.2.86 fetches as they are (the model URL already has
+    /resolve/main/, so cleanModelUrl appends nothing; model_lib is fetched as given)."""
+    proc = app_config(minilm_mlc, "m.fromHub('someone/minilm')")
     assert proc.returncode == 0, proc.stderr
     entry = json.loads(proc.stdout)["model_list"][0]
-    assert entry == {"model": "http://127.0.0.1:8000/pkg/f32/", "model_id": "all-minilm-l6-v2-f32",
-                     "model_lib": "http://127.0.0.1:8000/pkg/libs/all-minilm-l6-v2-f32-webgpu.wasm",
-                     "model_type": 1}
+    files = "https://huggingface.co/someone/minilm/resolve/main/"
+    assert entry == {"model": files + "f32/", "model_id": "all-minilm-l6-v2-f32",
+                     "model_lib": files + "f32/all-minilm-l6-v2-f32-webgpu.wasm", "model_type": 1}
+    assert (minilm_mlc / "f32" / "all-minilm-l6-v2-f32-webgpu.wasm").is_file()
+    # A base WebLLM would append resolve/main/ to is refused, not turned into 404s.
+    proc = app_config(minilm_mlc, "m.appConfig('http://127.0.0.1:8000/pkg/')")
+    assert proc.returncode != 0 and "does not end in /resolve/<revision>/" in proc.stderr
     readme = (minilm_mlc / "README.md").read_text()
     assert "adds none" in readme and "[CLS] <text> [SEP]" in readme
 
@@ -135,7 +146,7 @@ def test_a_changed_weight_is_caught(minilm_mlc: Path, tmp_path: Path) -> None:
     """0.1 % on the last LayerNorm weight in the tensor cache moves the output past 1e-5."""
     from modelport.targets.mlc.encoder import NodeRunner
 
-    src = minilm_mlc / "f32" / "resolve" / "main"
+    src = minilm_mlc / "f32"
     pkg = tmp_path / "pkg"
     shutil.copytree(src, pkg)
     cache = read_json(pkg / "tensor-cache.json")
@@ -162,16 +173,16 @@ def test_tiny_bert_arctic_package(arctic_mlc: Path, monkeypatch: pytest.MonkeyPa
     man = manifest.load(arctic_mlc)
     assert man["recipe"]["pooling"] == "cls" and man["recipe"]["max_length"] == 512
     assert man["target"]["special_tokens"]["prefix"] == ["[CLS]"]
-    cfg = read_json(arctic_mlc / "f32" / "resolve" / "main" / "mlc-chat-config.json")
+    cfg = read_json(arctic_mlc / "f32" / "mlc-chat-config.json")
     assert cfg["context_window_size"] == 512 and cfg["modelport"]["pooling"] == "cls"
-    for kind in ("webgpu", "wasm32-cpu"):
-        assert (arctic_mlc / "libs" / f"tiny-bert-arctic-f32-{kind}.wasm").stat().st_size > 1_000_000
+    for lib in ("f32/tiny-bert-arctic-f32-webgpu.wasm", "libs/tiny-bert-arctic-f32-wasm32-cpu.wasm"):
+        assert (arctic_mlc / lib).stat().st_size > 1_000_000
     # The CLS row and L2 normalization are inside the library: row 0 of prefill is unit length.
     from modelport.targets.mlc.encoder import NodeRunner
 
     monkeypatch.chdir(arctic_mlc.parent)  # relative paths (as from --out) must work too
     rel = Path(arctic_mlc.name)
-    runner = NodeRunner(rel / "libs" / "tiny-bert-arctic-f32-wasm32-cpu.wasm", rel / "f32" / "resolve" / "main")
+    runner = NodeRunner(rel / "libs" / "tiny-bert-arctic-f32-wasm32-cpu.wasm", rel / "f32")
     ids = np.array([[101, 7592, 2088, 102]])
     hidden, pooled, webllm = runner(ids, np.ones_like(ids))
     runner.close()
@@ -193,9 +204,9 @@ def test_runtime_is_cached_by_content_hash(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_variants_are_mlc_names(capsys, tmp_path: Path) -> None:
-    assert convert("tiny-bert-arctic", "-t", "mlc", "--variants", "q4f16_1", "--out", str(tmp_path / "x")) == 2
+    assert convert("tiny-bert-arctic", "-t", "mlc", "--variants", "q3f16_1", "--out", str(tmp_path / "x")) == 2
     err = capsys.readouterr().err
-    assert "q4f16_1" in err and "f32, f16" in err
+    assert "q3f16_1" in err and "f32, f16, q4f32_1, q4f16_1" in err
 
 
 # --- f16 (q0f16) ------------------------------------------------------------------------------------------
@@ -230,7 +241,7 @@ def test_arctic_f16_is_float16_and_meets_the_fp16_gate(arctic_mlc: Path) -> None
     assert f16["extra"]["prefill_vs_encode_max_abs"] == 0.0
     assert "not run (MODELPORT_MLC_BROWSER=off)" in f16["extra"]["webllm_chromium"]["status"]
 
-    pkgs = {v: arctic_mlc / v / "resolve" / "main" for v in ("f32", "f16")}
+    pkgs = {v: arctic_mlc / v for v in ("f32", "f16")}
     w16, w32 = _shard_tensors(pkgs["f16"]), _shard_tensors(pkgs["f32"])
     assert w16.keys() == w32.keys()
     assert {a.dtype for a in w16.values()} == {np.dtype("<f2")}
@@ -249,23 +260,21 @@ def test_arctic_f16_is_float16_and_meets_the_fp16_gate(arctic_mlc: Path) -> None
 def test_f16_webgpu_kernels_are_float16(arctic_mlc: Path) -> None:
     """WGSL must declare `enable f16;` wherever it touches f16 (else the shader does not compile)
     and the matmuls read f16 storage; f32 kernels never enable it."""
-    lib16 = (arctic_mlc / "libs" / "tiny-bert-arctic-f16-webgpu.wasm").read_bytes()
-    lib32 = (arctic_mlc / "libs" / "tiny-bert-arctic-f32-webgpu.wasm").read_bytes()
+    lib16 = (arctic_mlc / "f16" / "tiny-bert-arctic-f16-webgpu.wasm").read_bytes()
+    lib32 = (arctic_mlc / "f32" / "tiny-bert-arctic-f32-webgpu.wasm").read_bytes()
     assert lib16.count(b"enable f16;") > 10 and b"array<f16>" in lib16 and b"inff" not in lib16
     assert b"enable f16;" not in lib32
 
 
 def test_f16_app_config_requires_shader_f16(arctic_mlc: Path) -> None:
-    script = ("const m = await import(process.argv[1]); "
-              "console.log(JSON.stringify(m.appConfig('http://127.0.0.1:8000/pkg/')))")
-    proc = subprocess.run(["node", "--input-type=module", "-e", script,
-                           (arctic_mlc / "webllm-app-config.js").as_uri()], capture_output=True, text=True)
+    proc = app_config(arctic_mlc, "m.fromHub('someone/arctic')")
     assert proc.returncode == 0, proc.stderr
     entries = {e["model_id"]: e for e in json.loads(proc.stdout)["model_list"]}
     # WebLLM 0.2.86's ModelRecord.required_features: checked against the device before loading
     assert entries["tiny-bert-arctic-f16"]["required_features"] == ["shader-f16"]
     assert "required_features" not in entries["tiny-bert-arctic-f32"]
-    assert entries["tiny-bert-arctic-f16"]["model_lib"].endswith("libs/tiny-bert-arctic-f16-webgpu.wasm")
+    assert entries["tiny-bert-arctic-f16"]["model_lib"] == \
+        "https://huggingface.co/someone/arctic/resolve/main/f16/tiny-bert-arctic-f16-webgpu.wasm"
     assert "shader-f16" in (arctic_mlc / "README.md").read_text()
 
 
@@ -298,7 +307,7 @@ def test_f16_cpu_library_widening_is_exact(arctic_mlc: Path) -> None:
 
     fcompile.object_format = "o"  # type: ignore[attr-defined]
     exe.export_library(str(fused), fcompile=fcompile)
-    pkg = arctic_mlc / "f16" / "resolve" / "main"
+    pkg = arctic_mlc / "f16"
     rng = np.random.default_rng(0)
     ids = rng.integers(1000, 20000, size=(2, 12))
     ids[:, 0] = 101
@@ -350,3 +359,174 @@ def test_webllm_in_chromium_matches_pytorch(minilm_mlc: Path) -> None:
     assert check["by_ids"]["texts"] == len(mlc_browser.chosen_texts(golden, mlc_browser.max_tokens())) >= 30
     assert check["by_ids"]["max_abs"] <= 1e-5 and not check.get("off_origin_requests")
     assert check["by_text"]["max_abs"] <= 1e-5 and check["token_counts_match"]
+
+
+HUB_REPO = "someone/tiny-bert-arctic-mlc"
+
+
+def card_snippet(card: str) -> str:
+    """The JavaScript of a model card's usage section."""
+    blocks = re.findall(r"^```js\n(.*?)^```", card, re.DOTALL | re.MULTILINE)
+    assert len(blocks) == 1, card
+    return blocks[0]
+
+
+def test_published_package_loads_by_hub_id_with_the_card_snippet(arctic_mlc: Path, tmp_path: Path) -> None:
+    """What `modelport publish` uploads, served like the hub (/<org>/<name>/resolve/main/<file>), is
+    loaded by WebLLM in Chromium by running the model card's snippet as written (only its hub host
+    pointed at the local server): the appConfig built from the hub id, the model library it names,
+    and its special-token wrapping must give PyTorch's embeddings. Raw texts without that wrapping
+    would give other embeddings: the by-text gate below is what catches a card that drops it."""
+    from modelport import modelcard, publish
+    from modelport.targets.mlc import browser as mlc_browser
+
+    missing = mlc_browser.missing_prerequisites()
+    if missing:
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail("; ".join(missing))
+        pytest.skip("; ".join(missing))
+    upload = tmp_path / "upload"
+    published = publish.publish(arctic_mlc, HUB_REPO, dry_run=upload)
+    assert {"f32/mlc-chat-config.json", "f32/tensor-cache.json", "f32/tokenizer.json",
+            "f32/tiny-bert-arctic-f32-webgpu.wasm", "README.md", "manifest.json"} <= set(published.files)
+    card = (upload / "README.md").read_text()
+    snippet = card_snippet(card)
+    assert "<model library" not in snippet and f"{modelcard.HUB_URL}/{HUB_REPO}/resolve/main/" in snippet
+    golden = Golden.load(arctic_mlc)
+    chosen = mlc_browser.chosen_texts(golden, mlc_browser.max_tokens())
+    result = mlc_browser.run_chromium(mlc_browser.snippet_request(upload, HUB_REPO, snippet, modelcard.HUB_URL,
+                                                                  golden, chosen))
+    assert "fatal" not in result, result
+    metrics, failures = mlc_browser.compare(result, golden, "fp32", chosen)
+    assert failures == [], metrics
+    assert metrics["by_ids"]["texts"] == len(chosen) >= 30 and metrics["by_text"]["texts"] == len(chosen)
+    assert metrics["by_text"]["max_abs"] <= 1e-5 and metrics["token_counts_match"]
+    assert result["off_origin_requests"] == []
+
+
+def test_model_card_validation_table_is_filled(arctic_mlc: Path) -> None:
+    """The card of a real mlc manifest: one row per variant with its figures, none a dash."""
+    from modelport import modelcard
+
+    man = manifest.load(arctic_mlc)
+    card = modelcard.render(man, HUB_REPO)
+    section = card[card.index("## Validation"):card.index("## Files")]
+    head, _, *rows = [[c.strip() for c in line.split("|")[1:-1]] for line in section.splitlines()
+                      if line.startswith("|")]
+    assert [r[0] for r in rows] == list(man["target"]["variants"]) and len(rows) >= 2
+    for row in rows:
+        cells = dict(zip(head, row, strict=True))
+        assert cells["verdict"] == "pass" and cells["gate"] not in ("", "–")
+        for col in ("tok max abs", "pooled max abs", "cos min", "cos mean", "top-5"):
+            float(cells[col])  # a figure, not a dash
+
+
+# --- q4f32_1 / q4f16_1 (MLC's 4-bit group quantization) ---------------------------------------------------
+
+def test_arctic_q4_packages_are_mlc_group_quantized(arctic_mlc: Path) -> None:
+    """The stored tensors are mlc-llm's layout (q_weight uint32 [n, k/8] + q_scale [n, k/32] for every
+    Linear and Embedding), they decode to the f32 weights within half a level, and each variant
+    reproduces PyTorch running its own dequantized weights (the runtime gate), not only fp32 by cosine."""
+    from modelport.targets.mlc import quantize as q4
+    from modelport.thresholds import DEQUANT_RUNTIME_MAX_ABS, THRESHOLDS
+
+    validation = manifest.load(arctic_mlc)["validation"]
+    w32 = _shard_tensors(arctic_mlc / "f32")
+    for variant, dtype, precision in (("q4f32_1", "float32", "q4"), ("q4f16_1", "float16", "q4f16")):
+        v = validation["variants"][variant]
+        assert v["verdict"] == "pass" and v["precision"] == precision, v["failures"]
+        assert v["thresholds"] == THRESHOLDS[precision].to_json()
+        runtime = v["extra"]["dequantized_reference"]["runtime_vs_dequantized_pytorch"]
+        if dtype == "float32":
+            assert max(runtime["tokens_max_abs"], runtime["pooled_max_abs"]) <= DEQUANT_RUNTIME_MAX_ABS
+        else:
+            assert runtime["cos_min"] >= THRESHOLDS["fp16"].cos_min
+        # the format's own error is real (a q4 package that stored float weights would show none)
+        assert v["extra"]["dequantized_reference"]["format_vs_fp32_pytorch"]["tokens_max_abs"] > 1e-3
+
+        stored = _shard_tensors(arctic_mlc / variant)
+        quantized = {n.removesuffix(".q_weight") for n in stored if n.endswith(".q_weight")}
+        expected = {n.removesuffix(".weight") for n, a in w32.items()
+                    if n.endswith(".weight") and q4.quantizable(a.shape)}
+        assert quantized == expected and "embeddings.word_embeddings" in quantized
+        for base in quantized:
+            q, scale, ref = stored[f"{base}.q_weight"], stored[f"{base}.q_scale"], w32[f"{base}.weight"]
+            assert q.dtype == np.dtype("<u4") and scale.dtype == np.dtype(dtype).newbyteorder("<")
+            assert q.shape == (ref.shape[0], ref.shape[1] // 8) and scale.shape == (ref.shape[0], ref.shape[1] // 32)
+            err = np.abs(q4.dequantize(q, scale).astype(np.float64) - ref)
+            level = np.abs(np.repeat(scale.astype(np.float64), 32, axis=1))
+            bound = np.where(np.abs(ref) > 7.5 * level, level, level / 2)  # beyond the grid's 7 levels: clipped
+            assert np.all(err <= bound * (1 + 16 * np.finfo(dtype).eps) + 1e-7), base
+        for name, a in stored.items():  # the rest (LayerNorm, biases, ragged tensors) in the compute dtype
+            if not name.endswith((".q_weight", ".q_scale")):
+                assert a.dtype == np.dtype(dtype).newbyteorder("<"), name
+        cfg = read_json(arctic_mlc / variant / "mlc-chat-config.json")
+        assert cfg["quantization"] == variant
+        info = node_json("lib_info.mjs", str(arctic_mlc / "libs" / f"tiny-bert-arctic-{variant}-wasm32-cpu.wasm"))
+        assert info["metadata"]["quantization"] == variant
+        assert {p["name"] for p in info["metadata"]["params"]} == set(stored)
+    size = {v: sum(p.stat().st_size for p in (arctic_mlc / v).glob("params_shard_*.bin"))
+            for v in ("f32", "q4f32_1", "q4f16_1")}
+    assert size["q4f16_1"] < size["q4f32_1"] < size["f32"] / 4
+
+
+def test_q4f32_1_in_webllm_chromium(arctic_mlc: Path) -> None:
+    """WebLLM loads the uint32 4-bit package and its WebGPU kernels (SwiftShader) dequantize like PyTorch."""
+    from modelport.targets.mlc import browser as mlc_browser
+
+    missing = mlc_browser.missing_prerequisites()
+    if missing:
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail("; ".join(missing))
+        pytest.skip("; ".join(missing))
+    golden = Golden.load(arctic_mlc)
+    result = mlc_browser.validate_in_chromium(arctic_mlc, "q4f32_1", golden)
+    check = result["webllm_chromium"]
+    assert result["browser_failures"] == [] and check["status"] == "pass", check
+    assert check["by_ids"]["texts"] >= 30 and check["token_counts_match"]
+    vs_dequantized = check["by_ids_vs_dequantized"]  # the WebGPU kernels unpack like PyTorch, to fp32 precision
+    assert vs_dequantized["compute"] == "float32" and vs_dequantized["max_abs"] <= 1e-5
+
+
+def test_wasm32_cpu_schedules_keep_results_bit_for_bit(arctic_mlc: Path) -> None:
+    """The wasm32 CPU library's schedules (build.py wasm32_cpu_pipeline: tiled, packed, wasm SIMD
+    matmuls; 8.8x faster on MiniLM in Node) only reorder loops: the package's library must equal
+    TVM's default CPU pipeline bit for bit, and its dense matmuls must be the scheduled ones."""
+    import tvm
+    from tvm import relax
+
+    from modelport.recipes import recipe_for
+    from modelport.source import resolve
+    from modelport.targets.mlc import build as mlc_build
+    from modelport.targets.mlc.encoder import NodeRunner
+
+    src = resolve("tiny-bert-arctic")
+    recipe = recipe_for(src.path, src.config)
+    mod, params = mlc_build.import_relax(src, recipe, "float32")
+    mod, _ = mlc_build.add_metadata(mod, params, recipe.max_length, "q0f32")
+    target = tvm.target.Target(mlc_build.WASM32_CPU)
+    lowered = mlc_build.wasm32_cpu_pipeline(target)(mod)
+    dense = {gv.name_hint: f.attrs is not None and "tirx.is_scheduled" in f.attrs
+             for gv, f in lowered.functions_items() if "NT_matmul" in gv.name_hint}
+    assert dense and all(dense.values()), dense
+
+    default = arctic_mlc.parent / "default-f32-wasm32-cpu.wasm"
+    exe = relax.build(mod, target=tvm.target.Target(mlc_build.WASM32), system_lib=True)
+
+    def fcompile(out: str, objects: list[str], options: object = None, **_: object) -> None:
+        mlc_build.link(list(objects), Path(out), mlc_build.build_runtime())
+
+    fcompile.object_format = "o"  # type: ignore[attr-defined]
+    exe.export_library(str(default), fcompile=fcompile)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 20000, size=(2, 21))
+    ids[:, 0] = 101
+    mask = np.ones_like(ids)
+    mask[1, 9:] = 0
+    outs = []
+    for lib in (default, arctic_mlc / "libs" / "tiny-bert-arctic-f32-wasm32-cpu.wasm"):
+        runner = NodeRunner(lib, arctic_mlc / "f32")
+        outs.append(runner(ids, mask))
+        runner.close()
+    for a, b in zip(*outs):
+        assert np.array_equal(a, b)

@@ -13,6 +13,7 @@ is in LIBRARY_NAMES; the files and reproduce sections are target- and family-agn
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 from typing import Any
@@ -88,9 +89,44 @@ def snippet_fields(man: dict[str, Any], repo: str) -> dict[str, str]:
         "variant_dir": variant_file.split("/")[0],
         "variant_dirs": ", ".join(target["variants"][v]["file"].split("/")[0] for v in variants),
         "model_id": f"{repo.split('/')[-1]}-{variant}",
-        "model_lib": target.get("model_lib", "<model library .wasm from this repo>"),
+        **TARGET_FIELDS.get(target["name"], no_fields)(target, variant),
         **families.of_manifest(man).card_fields(man, repo),
     }
+
+
+def no_fields(target: dict[str, Any], variant: str) -> dict[str, str]:
+    """A target whose snippet needs only the common fields."""
+    return {}
+
+
+class SnippetUnavailable(Exception):
+    """The manifest lacks a value the target's snippet needs: the card says so instead of guessing."""
+
+
+def webllm_fields(target: dict[str, Any], variant: str) -> dict[str, str]:
+    """What WebLLM's ModelRecord needs, as the mlc converter recorded it: the variant's package
+    folder (ModelRecord.model) and its WebGPU library (model_lib), both repo paths, and the special
+    tokens to wrap texts in (WebLLM's tokenizer adds none: raw texts would embed without them)."""
+    entry = target["variants"][variant]
+    missing = [name for name, recorded in (("target.special_tokens", "special_tokens" in target),
+                                           (f"the model_lib of variant {variant}", "model_lib" in entry))
+               if not recorded]
+    if missing:
+        raise SnippetUnavailable(f"manifest.json does not record {' or '.join(missing)}")
+    specials = target["special_tokens"]
+    return {
+        "package_dir": entry["file"].rsplit("/", 1)[0],
+        "model_lib": entry["model_lib"],
+        # WebLLM checks these against the device before loading (f16, q4f16_1: shader-f16)
+        "required_features": (f"\n    required_features: {json.dumps(entry['required_features'])},"
+                              if entry.get("required_features") else ""),
+        "special_prefix": json.dumps("".join(f"{t} " for t in specials["prefix"])),
+        "special_suffix": json.dumps("".join(f" {t}" for t in specials["suffix"])),
+    }
+
+
+# Snippet fields only one target's cards use, from what its converter records in the manifest.
+TARGET_FIELDS = {"mlc": webllm_fields}
 
 
 def usage_section(man: dict[str, Any], repo: str) -> str | None:
@@ -98,7 +134,11 @@ def usage_section(man: dict[str, Any], repo: str) -> str | None:
     card = families.of_manifest(man).card_usage(man["target"]["name"])
     if card is None:
         return None
-    return f"## Usage: {card.client}\n\n```{card.language}\n{card.snippet.format(**snippet_fields(man, repo))}\n```"
+    try:
+        fields = snippet_fields(man, repo)
+    except SnippetUnavailable as e:
+        return f"## Usage: {card.client}\n\nNo snippet: {e}."
+    return f"## Usage: {card.client}\n\n```{card.language}\n{card.snippet.format(**fields)}\n```"
 
 
 def validation_section(man: dict[str, Any]) -> str:

@@ -72,16 +72,22 @@ def variant_bytes(man: dict[str, Any], file: str) -> int | None:
     return sum(sizes) if sizes else None
 
 
+def sized_path(entry: dict[str, Any]) -> str:
+    """What a variant weighs is its `package` folder where the converter records one (an MLC variant:
+    tensor-cache.json is its `file`, the weights are the shards beside it), else its `file`."""
+    return entry.get("package") or entry.get("file", "")
+
+
 def python_rows(man: dict[str, Any]) -> list[Row]:
     """Rows from the Python validator (validation.variants), whatever the target."""
     val = man.get("validation", {})
     variants = man.get("target", {}).get("variants", {})
     rows = []
     for name, v in val.get("variants", {}).items():
-        file = variants.get(name, {}).get("file", "")
         n = len((v.get("metrics") or {}).get("cases", []))
         rows.append(Row(name, v.get("precision", "?"), f"Python {val.get('runtime', '')}".strip(), v["verdict"],
-                        v.get("metrics") or {}, variant_bytes(man, file), v.get("seconds"),
+                        v.get("metrics") or {}, variant_bytes(man, sized_path(variants.get(name, {}))),
+                        v.get("seconds"),
                         cases=f"{n} cases" if n else "", notes=v.get("failures", []) + v.get("notes", []),
                         extra=v.get("extra") or {}))
     return rows

@@ -39,6 +39,9 @@ THRESHOLDS: dict[str, Threshold] = {
     "uint8": Threshold(cos_min=0.97, cos_mean=0.99, top5_mean=0.85, batch_invariant=False),
     # Plain round-to-nearest 4-bit (block 32, symmetric) is what transformers.js users get; it is
     # measured at 0.910 min / 0.967 mean on MiniLM. Better 4-bit (GPTQ, mixed 8-bit): the searched q4mix below.
+    # MLC's q4f32_1 / q4f16_1 store the same codes (targets/mlc/quantize.py) with the embedding tables
+    # quantized too (mlc-llm's default): 0.906 min / 0.963 mean on MiniLM, so they share these gates
+    # (mlc-llm's own 15-level codes measure 0.869 / 0.950 and would not).
     "q4": Threshold(cos_min=0.88, cos_mean=0.955, top5_mean=0.75),
     "q4f16": Threshold(cos_min=0.88, cos_mean=0.955, top5_mean=0.75),
     # Weight-only quantization (activations stay float, so batches are gated like fp32): MLX

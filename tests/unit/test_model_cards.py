@@ -27,8 +27,7 @@ PAIRS: dict[tuple[str, str], dict[str, tuple[str, str]]] = {
     (ENCODER, "onnx"): {"fp32": ("onnx/model.onnx", "fp32"), "q8": ("onnx/model_quantized.onnx", "q8")},
     (ENCODER, "coreml"): {"fp32": ("fp32/model.mlpackage", "fp32"), "w8": ("w8/model.mlpackage", "w8")},
     (ENCODER, "mlx"): {"f32": ("f32/model.safetensors", "fp32"), "q4": ("q4/model.safetensors", "w4")},
-    (ENCODER, "mlc"): {"f32": ("f32/resolve/main/tensor-cache.json", "fp32"),
-                       "f16": ("f16/resolve/main/tensor-cache.json", "fp16")},
+    (ENCODER, "mlc"): {"f32": ("f32/tensor-cache.json", "fp32"), "f16": ("f16/tensor-cache.json", "fp16")},
     (DECODER, "onnx"): {"fp32": ("onnx/model.onnx", "fp32"), "q4": ("onnx/model_q4.onnx", "q4")},
     (DECODER, "coreml"): {"fp32": ("fp32/model.mlpackage", "fp32"), "w4": ("w4/model.mlpackage", "w4")},
     (DECODER, "mlx"): {"f32": ("f32/model.safetensors", "fp32"), "q4": ("q4/model.safetensors", "w4")},
@@ -37,6 +36,7 @@ PAIRS: dict[tuple[str, str], dict[str, tuple[str, str]]] = {
         ("coreml", {"fp32": ("fp32/model.mlpackage", "fp32"), "w8": ("w8/model.mlpackage", "w8")}),
         ("mlx", {"f32": ("f32/model.safetensors", "fp32"), "q4": ("q4/model.safetensors", "w4")}))},
 }
+MLC_SPECIALS = {"prefix_ids": [101], "suffix_ids": [102], "prefix": ["[CLS]"], "suffix": ["[SEP]"], "pad_token_id": 0}
 LIBRARY = {"onnx": "transformers.js", "coreml": "coreml", "mlx": "mlx", "mlc": "mlc-llm"}
 
 RECIPES = {
@@ -116,6 +116,10 @@ def manifest(family: str, target: str) -> dict[str, Any]:
                                                    for v, (f, p) in variants.items()}}
     if family == DECODER and target == "coreml":
         target_section.update(context_length=512, eos_token_id=[2, 7])
+    if target == "mlc":  # what targets/mlc/encoder.py records
+        target_section["special_tokens"] = MLC_SPECIALS
+        for v, entry in target_section["variants"].items():
+            entry["model_lib"] = f"{v}/tiny-model-{v}-webgpu.wasm"
     runtime = {"onnx": "onnxruntime 1.31.1", "coreml": "milinterp (Linux)", "mlx": "mlx 0.32.4 (cpu)",
                "mlc": "node (wasm)"}[target]
     return {
@@ -206,7 +210,12 @@ def test_card_front_matter_and_usage_come_from_the_family(family: str, target: s
                      'pooling: "mean", normalize: true', "[1, 384]"],
             "coreml": [first_file, '"token_type_ids": tokenTypeIds', 'featureValue(for: "sentence_embedding")'],
             "mlx": [f'allow_patterns=["{first_variant}/*"]', "mx.zeros_like(ids)", "mean pooling, L2-normalized"],
-            "mlc": ["model_type: 1, // ModelType.embedding", f'model_id: "tiny-model-{first_variant}"'],
+            "mlc": ["model_type: 1, // ModelType.embedding", f'model_id: "tiny-model-{first_variant}"',
+                    f'const files = "https://huggingface.co/{REPO}/resolve/main/";',
+                    f'model: files + "{first_variant}/",',
+                    f'model_lib: files + "{first_variant}/tiny-model-{first_variant}-webgpu.wasm",',
+                    'const withSpecialTokens = (text) => "[CLS] " + text + " [SEP]";',
+                    '.map(withSpecialTokens)'],
         }[target]
     for text in expected:
         assert text in usage, f"{text!r} not in:\n{usage}"
@@ -307,3 +316,50 @@ def test_card_family_falls_back_to_the_recipe() -> None:
     man = manifest(DECODER, "onnx")
     del man["target"]["family"]
     assert front_matter(modelcard.render(man, REPO))["pipeline_tag"] == "text-generation"
+
+
+def test_mlc_snippet_uses_the_recorded_special_tokens_and_model_library() -> None:
+    """WebLLM's tokenizer adds no special tokens, so the snippet wraps texts in the ones the manifest
+    records (here XLM-R's, not BERT's) and names the model library the converter wrote."""
+    man = manifest(ENCODER, "mlc")
+    man["target"]["special_tokens"] = {**MLC_SPECIALS, "prefix": ["<s>"], "suffix": ["</s>"]}
+    man["target"]["variants"]["f32"]["model_lib"] = "f32/other-name-f32-webgpu.wasm"
+    usage = section(modelcard.render(man, REPO), "Usage")
+    assert 'const withSpecialTokens = (text) => "<s> " + text + " </s>";' in usage
+    assert 'model_lib: files + "f32/other-name-f32-webgpu.wasm",' in usage
+    assert "[CLS]" not in usage and "<model library" not in usage
+
+
+def test_mlc_card_without_the_recorded_library_says_so_instead_of_guessing() -> None:
+    """A manifest that does not record the model library (or the special tokens) gets no snippet
+    with a made-up file name, but a line saying what is missing."""
+    man = manifest(ENCODER, "mlc")
+    del man["target"]["variants"]["f32"]["model_lib"]
+    usage = section(modelcard.render(man, REPO), "Usage")
+    assert "```" not in usage and "does not record the model_lib of variant f32" in usage
+
+
+def test_mlc_snippet_carries_the_required_features_of_the_variant() -> None:
+    """A card whose first variant needs shader-f16 (f16, q4f16_1) declares it in the ModelRecord, so
+    WebLLM refuses it on a GPU without the feature instead of failing inside a shader; f32 declares none."""
+    man = manifest(ENCODER, "mlc")
+    man["target"]["variants"] = {"q4f16_1": {**man["target"]["variants"]["f16"], "required_features": ["shader-f16"],
+                                             "model_lib": "q4f16_1/tiny-model-q4f16_1-webgpu.wasm"},
+                                 "f32": {**man["target"]["variants"]["f32"], "required_features": []}}
+    man["validation"]["variants"] = {"q4f16_1": man["validation"]["variants"]["f16"],
+                                     "f32": man["validation"]["variants"]["f32"]}
+    usage = section(modelcard.render(man, REPO), "Usage")
+    assert '    required_features: ["shader-f16"],' in usage
+    man["target"]["variants"] = {"f32": man["target"]["variants"]["f32"]}
+    man["validation"]["variants"] = {"f32": man["validation"]["variants"]["f32"]}
+    assert "required_features" not in section(modelcard.render(man, REPO), "Usage")
+
+
+def test_mlc_size_is_the_variant_package_not_its_tensor_cache() -> None:
+    """An MLC variant's `file` is tensor-cache.json (a few kB); its weight is the folder's shards."""
+    man = manifest(ENCODER, "mlc")
+    man["files"]["f32/params_shard_0.bin"] = {"sha256": "e" * 64, "bytes": 40_000_000}
+    man["target"]["variants"]["f32"]["package"] = "f32/"
+    _, rows = validation_table(modelcard.render(man, REPO))
+    sizes = {r["variant"]: r["size"] for r in rows}
+    assert sizes["f32"] == "43.0 MB" and sizes["f16"] == "1.5 MB"  # f16 records no package: its file alone

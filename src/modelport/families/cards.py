@@ -40,9 +40,9 @@ def mb(n: int | None) -> str:
 
 def variant_size(man: dict[str, Any], variant: str) -> str:
     """What a variant's file (or folder) weighs, from the manifest's file list."""
-    from ..report import variant_bytes
+    from ..report import sized_path, variant_bytes
 
-    return mb(variant_bytes(man, man["target"]["variants"].get(variant, {}).get("file", "")))
+    return mb(variant_bytes(man, sized_path(man["target"]["variants"].get(variant, {}))))
 
 
 def table(head: list[str], rows: list[list[str]]) -> list[str]:

@@ -250,16 +250,22 @@ hidden = model(ids, mask, {mlx_token_types})
         """\
 import {{ CreateMLCEngine }} from "@mlc-ai/web-llm";
 
+// This repo's files; WebLLM appends resolve/main/ only to a model URL without /resolve/<revision>/.
+const files = "{hub_url}/{repo}/resolve/main/";
 const appConfig = {{
   model_list: [{{
-    model: "{hub_url}/{repo}",
+    model: files + "{package_dir}/",  // the {variant} package: chat config, tensor cache, tokenizer
     model_id: "{model_id}",
-    model_lib: "{model_lib}",
+    model_lib: files + "{model_lib}",  // its WebGPU model library{required_features}
     model_type: 1, // ModelType.embedding
   }}],
 }};
 const engine = await CreateMLCEngine("{model_id}", {{ appConfig }});
-const result = await engine.embeddings.create({{ input: ["A sentence to embed."] }});""",
+
+// WebLLM's tokenizer adds no special tokens: add the ones the model was trained with, or the
+// embeddings are silently wrong. A wrapped text over {max_length} tokens loses its last token: truncate first.
+const withSpecialTokens = (text) => {special_prefix} + text + {special_suffix};
+const result = await engine.embeddings.create({{ input: ["A sentence to embed."].map(withSpecialTokens) }});""",
     ),
 }
 

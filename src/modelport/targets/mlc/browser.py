@@ -1,12 +1,16 @@
 """The real-client check of the MLC target: WebLLM in headless Chromium (SwiftShader WebGPU).
 
-The validator calls this from MLCSession.extra_metrics (encoder.py): WebLLM 0.2.86 loads the package and the
-WebGPU model library from 127.0.0.1 through the package's own `webllm-app-config.js`, and embeds
-the validation texts twice, one `embeddings.create` call each (WebLLM pads and batches itself):
+The validator calls this from MLCSession.extra_metrics (encoder.py): WebLLM 0.2.86 loads the package
+and the WebGPU model library from 127.0.0.1 through the package's own `webllm-app-config.js`, the
+artifact served the way the hub serves a published repo (/<org>/<name>/resolve/main/<file>, the URL
+WebLLM builds from a hub id), and embeds the validation texts twice, one `embeddings.create` call
+each (WebLLM pads and batches itself):
   - by token ids (the golden ids): gated like the Node check (fp32: max abs ≤ 1e-5 vs PyTorch);
   - by text, after the special-token rule (WebLLM's tokenizer adds none, so each text is wrapped in
     the tokenizer's own prefix/suffix tokens): gated the same way on texts that fit the max length;
     texts the reference truncated are reported, not gated (truncation cuts the wrapped suffix).
+  - for a 4-bit variant (q4f32_1, q4f16_1), by ids again against PyTorch running the variant's own
+    dequantized weights (`against_dequantized`): the WebGPU kernels' unpacking, judged like Node's.
 
 A variant whose model record requires a WebGPU feature the adapter lacks (f16 requires
 `shader-f16`; Chromium's SwiftShader adapter has none) is reported "not run" with the adapter's
@@ -34,9 +38,9 @@ import numpy as np
 from ... import chromium
 from ...fsutil import read_json
 from ...metrics import cosine_rows
-from ...reference import sentence_embeddings
-from ...thresholds import THRESHOLDS
-from .layout import JS, VARIANTS, model_name
+from ...reference import Golden, sentence_embeddings
+from ...thresholds import DEQUANT_RUNTIME_MAX_ABS, THRESHOLDS
+from .layout import APP_CONFIG, JS, VARIANTS, model_name
 
 TIMEOUT_S = 900
 DEFAULT_MAX_TOKENS = 64
@@ -65,17 +69,53 @@ def chosen_texts(golden, limit: int | None) -> list[int]:
     return [i for i in range(len(golden.meta["texts"])) if limit is None or lengths[i] <= limit]
 
 
-def request(artifact: Path, variant: str, golden, chosen: list[int]) -> dict[str, Any]:
-    """Golden token ids of the chosen single-text cases, and their texts wrapped in the special tokens."""
-    target = read_json(artifact / "manifest.json")["target"]
-    specials = target["special_tokens"]
-    pre, suf = " ".join(specials["prefix"]), " ".join(specials["suffix"])
+# The hub repo id the artifact is served as: the check loads it at /<LOCAL_REPO>/resolve/main/, the
+# URL WebLLM builds from a hub id, so it proves the layout a published repo has.
+LOCAL_REPO = "modelport/artifact"
+
+
+def hub_files_url(repo: str) -> str:
+    """Where a hub repo's files are, relative to the hub's origin (what chromium_check.mjs serves)."""
+    return f"/{repo}/resolve/main/"
+
+
+def golden_inputs(golden, chosen: list[int]) -> tuple[list[list[int]], list[str]]:
+    """The chosen single-text cases: their golden token ids and their raw texts."""
     ids = {c["text_ids"][0]: golden.inputs(c["name"])["input_ids"][0].astype(int).tolist()
            for c in golden.cases if not c["batched"]}
     texts = golden.meta["texts"]
-    return {"artifact": str(artifact.resolve()), "model_id": f"{model_name(artifact)}-{variant}",
-            "ids": [ids[i] for i in chosen], "texts": [f"{pre} {texts[i]} {suf}".strip() for i in chosen],
-            "chromium": str(chromium.path()), "chromium_flags": list(chromium.FLAGS), "timeout_s": TIMEOUT_S}
+    return [ids[i] for i in chosen], [texts[i] for i in chosen]
+
+
+def wrap(text: str, specials: dict[str, Any]) -> str:
+    """A text with the special tokens its tokenizer would add (WebLLM's tokenizer adds none)."""
+    return " ".join([*specials["prefix"], text, *specials["suffix"]])
+
+
+def request(artifact: Path, variant: str, golden, chosen: list[int]) -> dict[str, Any]:
+    """Load the artifact through its own webllm-app-config.js, served like a hub repo; texts wrapped
+    in the special tokens the manifest records."""
+    specials = read_json(artifact / "manifest.json")["target"]["special_tokens"]
+    ids, texts = golden_inputs(golden, chosen)
+    return {"hub_repos": {LOCAL_REPO: str(artifact.resolve())},
+            "entry": {"app_config": f"{hub_files_url(LOCAL_REPO)}{APP_CONFIG}"},
+            "model_id": f"{model_name(artifact)}-{variant}", "ids": ids,
+            "texts": [wrap(t, specials) for t in texts], **browser_settings()}
+
+
+def snippet_request(published: Path, repo: str, snippet: str, hub_url: str, golden,
+                    chosen: list[int]) -> dict[str, Any]:
+    """Load a published folder (`modelport publish --dry-run`) served as hub repo `repo` by running
+    a model card's snippet as written (its `hub_url` pointed at the local server); raw texts, which
+    the snippet's own withSpecialTokens wraps."""
+    ids, texts = golden_inputs(golden, chosen)
+    return {"hub_repos": {repo: str(published.resolve())}, "entry": {"snippet": snippet, "hub_url": hub_url},
+            "ids": ids, "texts": texts, **browser_settings()}
+
+
+def browser_settings() -> dict[str, Any]:
+    """The request fields that say which Chromium runs and how (chromium.py's flags: SwiftShader WebGPU)."""
+    return {"chromium": str(chromium.path()), "chromium_flags": list(chromium.FLAGS), "timeout_s": TIMEOUT_S}
 
 
 def run_chromium(req: dict[str, Any]) -> dict[str, Any]:
@@ -145,8 +185,34 @@ def validate_in_chromium(artifact: Path, variant: str, golden) -> dict[str, Any]
     if "unsupported" in result:
         return unsupported(result, variant)
     metrics, failures = compare(result, golden, VARIANTS[variant].precision, chosen)
+    entry = read_json(artifact / "manifest.json")["target"]["variants"][variant]
+    if "dequantized_reference" in entry:
+        metrics["by_ids_vs_dequantized"], more = against_dequantized(artifact, entry, golden, result, chosen)
+        failures += more
     metrics["status"] = "pass" if not failures else "fail"
     return {"webllm_chromium": metrics, "browser_failures": failures}
+
+
+def against_dequantized(artifact: Path, entry: dict[str, Any], golden, result: dict[str, Any],
+                        chosen: list[int]) -> tuple[dict[str, Any], list[str]]:
+    """A 4-bit variant's WebGPU kernels vs PyTorch running the same dequantized weights (the
+    reference the converter stored): float32 compute within DEQUANT_RUNTIME_MAX_ABS, float16
+    compute within the fp16 cosine gate. The q4 cosine gate vs fp32 cannot see a kernel that
+    unpacks a few groups wrong; this can."""
+    with np.load(artifact / entry["dequantized_reference"]) as z:
+        ref = sentence_embeddings(Golden(meta=golden.meta, arrays={k: z[k] for k in z.files}))[chosen]
+    got = np.array(result["ids"], dtype=np.float64)
+    compute = entry["group_quantization"]["scale_dtype"]
+    figures = {"max_abs": float(np.abs(got - ref).max()), "cos_min": float(cosine_rows(ref, got).min()),
+               "compute": compute}
+    failures = []
+    if compute == "float32" and figures["max_abs"] > DEQUANT_RUNTIME_MAX_ABS:
+        failures.append(f"WebLLM in Chromium vs PyTorch on the same dequantized weights: max abs "
+                        f"{figures['max_abs']:.3g} > {DEQUANT_RUNTIME_MAX_ABS:g}")
+    elif compute == "float16" and figures["cos_min"] < THRESHOLDS["fp16"].cos_min:
+        failures.append(f"WebLLM in Chromium vs PyTorch on the same dequantized weights: cosine min "
+                        f"{figures['cos_min']:.6f} < {THRESHOLDS['fp16'].cos_min}")
+    return figures, failures
 
 
 # The errors WebLLM 0.2.86 throws for a model record whose required_features the device lacks.

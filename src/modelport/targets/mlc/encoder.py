@@ -1,15 +1,15 @@
 """MLC / WebLLM target: an embedding package WebLLM (@mlc-ai/web-llm 0.2.86) loads in the browser.
 
-    <out>/<v>/resolve/main/   mlc-chat-config.json  tensor-cache.json  params_shard_*.bin
-                              tokenizer.json (no fixed padding, truncation at the real max length)
-                              tokenizer_config.json  vocab.txt  special_tokens_map.json
-    <out>/libs/<model>-<v>-webgpu.wasm       the model library WebLLM runs (prefill + _metadata)
+    <out>/<v>/   mlc-chat-config.json  tensor-cache.json  params_shard_*.bin
+                 tokenizer.json (no fixed padding, truncation at the real max length)
+                 tokenizer_config.json  vocab.txt  special_tokens_map.json
+                 <model>-<v>-webgpu.wasm              the model library WebLLM runs (prefill + _metadata)
     <out>/libs/<model>-<v>-wasm32-cpu.wasm   the same Relax module with wasm32 CPU kernels
-    <out>/webllm-app-config.js               appConfig(base) -> WebLLM appConfig for every variant
+    <out>/webllm-app-config.js               appConfig(base) / fromHub(repo) -> WebLLM appConfig
     <out>/README.md                          how to load it, and the special-token rule
 
-WebLLM appends `resolve/main/` to a model URL that has none, so each variant folder has the
-Hugging Face URL shape: serve <out>/ anywhere and point `model` at <base>/<v>. Variants (<v>):
+Each variant folder is a package WebLLM loads from a hub repo: published as <user>/<name>, its
+model URL is .../<user>/<name>/resolve/main/<v>/ (why: layout.py). Variants (<v>):
 f32 (q0f32) and f16 (q0f16: float16 weights and compute; its app-config entry declares
 `required_features: ["shader-f16"]`, which WebLLM checks before loading).
 
@@ -33,14 +33,16 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ...dequantized import runtime_check, write_reference
 from ...errors import ModelportError, ToolchainError
 from ...families import ENCODER
 from ...families.encoder import EncoderRunner
 from ...fsutil import read_json, write_json
 from ...manifest import TargetInfo
+from ...reference import Golden
 from ..registry import ArtifactSession, ConvertContext, Converter, NoOptions, register
-from . import browser, build
-from .layout import JS, VARIANTS, lib_path, model_name, package_dir
+from . import browser, build, quantize
+from .layout import APP_CONFIG, JS, VARIANTS, lib_path, model_name, package_dir
 
 # f16 is built from a float16 torch.export (see build.frontend_converters for why it imports).
 # Its inputs stay int32 (ids, mask) and the tensor WebLLM reads stays float32: the graph casts the
@@ -49,14 +51,16 @@ from .layout import JS, VARIANTS, lib_path, model_name, package_dir
 # float32/float64/int32/int8/uint8 and throws "Unsupported data type float16". (Pooling and
 # normalization also stay out of float16 that way.)
 DEFAULT_VARIANTS = tuple(VARIANTS)
-QUANTIZATION = {"f32": "q0f32", "f16": "q0f16"}
-DTYPE = {"f32": "float32", "f16": "float16"}
+QUANTIZATION = {"f32": "q0f32", "f16": "q0f16", "q4f32_1": "q4f32_1", "q4f16_1": "q4f16_1"}
+DTYPE = {"f32": "float32", "f16": "float16", "q4f32_1": "float32", "q4f16_1": "float16"}
+# MLC's 4-bit formats (quantize.py): weights stored 4-bit, dequantized inside the kernels
+GROUP_QUANTIZED = ("q4f32_1", "q4f16_1")
 # WebGPU features a variant's kernels need: WebLLM's ModelRecord.required_features (0.2.86), which
 # it checks against the device before loading (ShaderF16SupportError otherwise); its device request
 # enables shader-f16 whenever the adapter has it.
-REQUIRED_FEATURES: dict[str, list[str]] = {"f32": [], "f16": ["shader-f16"]}
+REQUIRED_FEATURES: dict[str, list[str]] = {"f32": [], "f16": ["shader-f16"], "q4f32_1": [],
+                                            "q4f16_1": ["shader-f16"]}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
-APP_CONFIG = "webllm-app-config.js"
 
 Step = Callable[[str], Any]
 
@@ -126,6 +130,14 @@ def chat_config(config: dict[str, Any], recipe, variant: str, specials: dict[str
     }
 
 
+def model_parameters(params: dict[str, np.ndarray]) -> int:
+    """How many model weights the stored tensors hold: a 4-bit `q_weight` word holds eight, a
+    `q_scale` none of its own (so BitsPerParam reads ~4.5 for q4f16_1 and 32 for q0f32, as in
+    mlc-llm's packages)."""
+    return int(sum(a.size * quantize.PER_WORD if n.endswith(".q_weight") else 0 if n.endswith(".q_scale") else a.size
+                   for n, a in params.items()))
+
+
 def write_package(source, recipe, variant: str, params: dict[str, np.ndarray], pkg: Path,
                   specials: dict[str, Any]) -> None:
     """tensor-cache.json + params_shard_*.bin (raw: no bf16 re-encoding), tokenizer, chat config."""
@@ -136,7 +148,7 @@ def write_package(source, recipe, variant: str, params: dict[str, np.ndarray], p
     with contextlib.redirect_stdout(io.StringIO()):  # it prints progress even with show_progress=False
         tvmjs.dump_tensor_cache(params, str(pkg), encode_format="raw", show_progress=False,
                                 meta_data={"ParamSize": len(params), "ParamBytes": n_bytes,
-                                           "BitsPerParam": 8.0 * n_bytes / max(1, sum(a.size for a in params.values()))})
+                                           "BitsPerParam": 8.0 * n_bytes / max(1, model_parameters(params))})
     copied = []
     for name in TOKENIZER_FILES:
         if (source.path / name).is_file():
@@ -153,22 +165,44 @@ def write_package(source, recipe, variant: str, params: dict[str, np.ndarray], p
 
 
 def app_config_js(model: str, variants: list[str]) -> str:
-    """A ready WebLLM appConfig: import it from where the artifact is served."""
+    """webllm-app-config.js: appConfig(base) for the package served at `base`, fromHub(repo) for it
+    published as a hub repo. WebLLM 0.2.86 appends `resolve/main/` to a model URL without
+    `/resolve/<rev>/` (cleanModelUrl) and fetches model_lib as given, so both URLs are built here
+    from one `.../resolve/<rev>/` base, and a base of another shape is refused with the reason
+    instead of WebLLM fetching a wrong URL."""
+    here = Path(".")
+
     def features(v: str) -> str:
         return f", required_features: {json.dumps(REQUIRED_FEATURES[v])}" if REQUIRED_FEATURES[v] else ""
 
     entries = ",\n".join(
-        f'    {{ model: new URL("{v}/", base).href, model_id: "{model}-{v}", '
-        f'model_lib: new URL("libs/{model}-{v}-webgpu.wasm", base).href{features(v)}, '
+        f'    {{ model: url("{package_dir(here, v).as_posix()}/"), model_id: "{model}-{v}", '
+        f'model_lib: url("{lib_path(here, model, v, "webgpu").as_posix()}"){features(v)}, '
         f'model_type: 1 /* ModelType.embedding */ }}'
         for v in variants)
-    return (
-        "// WebLLM appConfig for this package (generated by modelport). Usage:\n"
-        f'//   import {{ appConfig }} from "<base>/{APP_CONFIG}";\n'
-        f'//   const engine = await CreateMLCEngine("{model}-{variants[0]}", {{ appConfig: appConfig() }});\n'
-        "// WebLLM adds no special tokens: embed token ids, or wrap each text yourself (see README.md).\n"
-        "export function appConfig(base = new URL(\".\", import.meta.url).href) {\n"
-        f"  return {{ model_list: [\n{entries}\n  ] }};\n}}\n")
+    return f"""\
+// WebLLM appConfig for this package (generated by modelport). Usage:
+//   import {{ fromHub }} from "./{APP_CONFIG}";   // a copy of this file in your app
+//   const engine = await CreateMLCEngine("{model}-{variants[0]}", {{ appConfig: fromHub("<user>/<repo>") }});
+// appConfig(base): the package served at `base`, a URL ending in /resolve/<revision>/ (the hub's
+// shape: WebLLM appends resolve/main/ to a model URL without it). Default: where this file is.
+// WebLLM adds no special tokens: embed token ids, or wrap each text yourself (see README.md).
+const WEBLLM_RESOLVED_URL = /.+\\/resolve\\/.+\\//;  // web-llm 0.2.86 cleanModelUrl keeps such a URL as is
+
+export function appConfig(base = new URL(".", import.meta.url).href) {{
+  const url = (path) => new URL(path, base).href;
+  if (!WEBLLM_RESOLVED_URL.test(url("{package_dir(here, variants[0]).as_posix()}/"))) {{
+    throw new Error(`appConfig: ${{base}} does not end in /resolve/<revision>/: WebLLM would append resolve/main/ to it`);
+  }}
+  return {{ model_list: [
+{entries}
+  ] }};
+}}
+
+export function fromHub(repo, {{ hub = "https://huggingface.co", revision = "main" }} = {{}}) {{
+  return appConfig(`${{hub}}/${{repo}}/resolve/${{revision}}/`);
+}}
+"""
 
 
 F16_README = (" f16 stores float16 weights and runs float16 WebGPU kernels: it needs a GPU and browser "
@@ -177,17 +211,25 @@ F16_README = (" f16 stores float16 weights and runs float16 WebGPU kernels: it n
 
 
 def readme(model: str, variants: list[str], specials: dict[str, Any], max_length: int) -> str:
+    """The artifact's README (`modelport publish` replaces it with the model card, which says the same)."""
     pre, suf = " ".join(specials["prefix"]), " ".join(specials["suffix"])
     return f"""# {model}: MLC / WebLLM embedding package (modelport)
 
-Serve this folder over HTTP and load it with @mlc-ai/web-llm 0.2.86:
+Each variant folder ({", ".join(f"`{package_dir(Path('.'), v).as_posix()}/`" for v in variants)}) is one WebLLM package: chat config,
+tensor cache, tokenizer and its WebGPU model library. Published with `modelport publish`, load it
+by hub id with @mlc-ai/web-llm 0.2.86:
 
 ```js
 import {{ CreateMLCEngine }} from "@mlc-ai/web-llm";
-import {{ appConfig }} from "http://127.0.0.1:8000/{APP_CONFIG}";
-const engine = await CreateMLCEngine("{model}-{variants[0]}", {{ appConfig: appConfig() }});
-const r = await engine.embeddings.create({{ input: [[/* token ids */]] }});
+import {{ fromHub }} from "./{APP_CONFIG}";  // copied from this folder
+const engine = await CreateMLCEngine("{model}-{variants[0]}", {{ appConfig: fromHub("<user>/<repo>") }});
+const r = await engine.embeddings.create({{ input: ["{f"{pre} A sentence to embed. {suf}".strip()}"] }});
 ```
+
+Served from your own server instead: WebLLM appends `resolve/main/` to a model URL without
+`/resolve/<revision>/`, so serve this folder under such a path and pass it to `appConfig`:
+`mkdir -p www/m/resolve && ln -s "$PWD" www/m/resolve/main && python3 -m http.server -d www 8000`,
+then `appConfig("http://127.0.0.1:8000/m/resolve/main/")`.
 
 Variants: {", ".join(variants)}.{F16_README if "f16" in variants else ""} Each embedding is the model's own sentence embedding (pooling and
 normalization applied inside the library); WebLLM returns row 0 of `prefill`'s output.
@@ -207,8 +249,14 @@ def convert(source, recipe, variants: list[str], out: Path, step: Step) -> Targe
     (out / "libs").mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {}
     for name in variants:
+        dequantized: dict[str, np.ndarray] = {}
+
+        def group_quantize(model: Any, name: str = name) -> None:
+            dequantized.update(quantize.quantize_modules(model, DTYPE[name]))
+
         step(f"{name}: torch.export -> Relax (prefill, encode, _metadata)")
-        mod, params = build.import_relax(source, recipe, DTYPE[name])
+        mod, params = build.import_relax(source, recipe, DTYPE[name],
+                                         transform=group_quantize if name in GROUP_QUANTIZED else None)
         mod, _ = build.add_metadata(mod, params, recipe.max_length, QUANTIZATION[name])
         write_package(source, recipe, name, params, package_dir(out, name), specials)
         timings: dict[str, Any] = {}
@@ -216,15 +264,24 @@ def convert(source, recipe, variants: list[str], out: Path, step: Step) -> Targe
             step(f"{name}: build {kind} library (Relax -> wasm objects -> emcc link)")
             timings[kind] = build.build_library(mod, kind, lib_path(out, source.name, name, kind), runtime)
         info[name] = {"quantization": QUANTIZATION[name],
+                      "package": f"{package_dir(out, name).relative_to(out)}/",  # what the variant weighs
                       "model_lib": str(lib_path(out, source.name, name, "webgpu").relative_to(out)),
                       "validation_lib": str(lib_path(out, source.name, name, "wasm32-cpu").relative_to(out)),
+                      "required_features": REQUIRED_FEATURES[name],
                       "seconds": timings}
+        if dequantized:
+            step(f"{name}: reference: PyTorch with {name}'s dequantized weights")
+            info[name]["dequantized_reference"] = write_reference(out, name, source, recipe, Golden.load(out),
+                                                                  dequantized)
+            info[name]["group_quantization"] = {"group_size": quantize.GROUP, "bits": quantize.BITS,
+                                                "storage": "uint32", "scale_dtype": DTYPE[name],
+                                                "tensors": len(dequantized)}
     (out / APP_CONFIG).write_text(app_config_js(source.name, variants))
     (out / "README.md").write_text(readme(source.name, variants, specials, recipe.max_length))
     return TargetInfo.of(
         "mlc", ENCODER.name, variants, VARIANTS, per_variant=info,
-        layout="WebLLM (mlc-chat-config.json + tensor-cache.json + params_shard_*.bin per variant, "
-               "model libraries in libs/)",
+        layout="WebLLM (per variant folder: mlc-chat-config.json, tensor-cache.json, params_shard_*.bin, "
+               "tokenizer and its WebGPU model library; wasm32 CPU libraries for the Node check in libs/)",
         max_batch_size=build.MAX_BATCH,
         special_tokens=specials,
         apache_tvm=_tvm_version(),
@@ -354,6 +411,11 @@ class MLCSession(ArtifactSession):
         """What WebLLM reads, two ways: prefill's tensor from the Node run (prefill_check), then
         WebLLM itself in Chromium (browser.validate_in_chromium)."""
         result = prefill_check(golden, self.outputs.get(variant, {}))
+        if variant in GROUP_QUANTIZED:  # the memoized Node run against PyTorch on the same 4-bit weights
+            dequant = runtime_check(self.root, variant, runner, golden, "the wasm32 CPU library in Node",
+                                    DTYPE[variant])
+            result["dequantized_reference"] = dequant["dequantized_reference"]
+            result["failures"] += dequant["failures"]
         node_runner = self.node_runners.pop(variant, None)
         if node_runner is not None:
             result["node_seconds"] = round(node_runner.seconds, 2)

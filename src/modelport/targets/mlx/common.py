@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ...dequantized import reference_path
 from ...errors import ModelportError
 from ...fsutil import read_json, write_json
 from ..registry import ArtifactSession, Converter, Variant
@@ -199,11 +200,6 @@ def ship_head_files(source, recipe, folder: Path) -> dict[str, Any]:
 # --- writing embedder folders (sentence encoders, decoder embedders, multi-vector encoders) ---------------
 
 
-def dequant_path(variant: str) -> str:
-    """Where a quantized variant's dequantized-weights golden lives in the artifact."""
-    return f"reference/dequant_{variant}.npz"
-
-
 def checkpoint_arrays(source) -> dict[str, np.ndarray]:
     """The checkpoint's tensors by name, as float32 NumPy arrays.
 
@@ -259,8 +255,8 @@ def write_variant_folders(source, recipe, variants: list[str], out: Path, step: 
         if name in BITS:
             step(f"reference: PyTorch with {name}'s dequantized weights")
             arrays = outputs_with_weights(source, recipe, golden, dequantized_weights(model))
-            with open(out / dequant_path(name), "wb") as f:
+            with open(out / reference_path(name), "wb") as f:
                 np.savez_compressed(f, **arrays)
-            extras[name] = {"dequantized_reference": dequant_path(name), "quantization": cfg["quantization"]}
+            extras[name] = {"dequantized_reference": reference_path(name), "quantization": cfg["quantization"]}
     return extras, shipped
 

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ...dequantized import reference_path
 from ...embedding import real_tokens
 from ...errors import ModelportError
 from ...families import DECODER_EMBEDDER_FAMILY, MULTI_VECTOR_FAMILY
@@ -36,7 +37,7 @@ from ...metrics import cosine_rows
 from ...recipes import ARCHITECTURES
 from ...thresholds import DEQUANT_RUNTIME_MAX_ABS
 from ..registry import ConvertContext, NoOptions, register
-from .common import (BITS, WEIGHTS, MLXConverter, MLXSession, Step, dequant_path, encoder_quantizable,
+from .common import (BITS, WEIGHTS, MLXConverter, MLXSession, Step, encoder_quantizable,
                      lm_quantizable, stored_quantized, variant_table, write_variant_folders)
 
 __all__ = ["VARIANTS", "DEFAULT_VARIANTS", "MLXDecoderEmbedder", "MLXMultiVector", "Embedder", "convert",
@@ -189,7 +190,7 @@ def extra_metrics(artifact: Path, variant: str, run: Runner, golden) -> dict[str
     if variant not in BITS:
         return {}
     names = golden.meta["outputs"]
-    with np.load(artifact / dequant_path(variant)) as z:
+    with np.load(artifact / reference_path(variant)) as z:
         deq = {k: z[k] for k in z.files}
     runtime = {n: 0.0 for n in names}
     fmt = {n: 0.0 for n in names}

@@ -34,16 +34,15 @@ from typing import Any
 
 import numpy as np
 
+from ...dequantized import reference_path, runtime_check
 from ...errors import ModelportError
 from ...families import ENCODER
 from ...families.encoder import EncoderRunner
 from ...fsutil import read_json
 from ...manifest import TargetInfo
-from ...metrics import case_diff
 from ...recipes import ARCHITECTURES
-from ...thresholds import DEQUANT_RUNTIME_MAX_ABS
 from ..registry import ConvertContext, Variant, register
-from .common import (BITS, WEIGHTS, MLXConverter, MLXSession, Step, dequant_path, dequantized_weights,
+from .common import (BITS, WEIGHTS, MLXConverter, MLXSession, Step, dequantized_weights,
                      encoder_quantizable, stored_quantized, variant_table, write_variant_folders)
 from .quantize import SEARCHED
 
@@ -152,43 +151,11 @@ def load_forward(artifact: Path, variant: str) -> EncoderRunner:
 
 
 def extra_metrics(artifact: Path, variant: str, run: EncoderRunner, golden) -> dict[str, Any]:
-    """For quantized variants: format error and runtime error, measured apart.
-
-    format:  PyTorch with the dequantized weights vs PyTorch fp32 (what 8/4-bit costs by itself)
-    runtime: MLX vs PyTorch with the same dequantized weights (must agree to fp32 precision;
-             gated at DEQUANT_RUNTIME_MAX_ABS)
-    """
+    """For quantized variants: format error and runtime error, measured apart (dequantized.runtime_check:
+    MLX vs PyTorch with the same dequantized weights, gated at DEQUANT_RUNTIME_MAX_ABS)."""
     if variant not in BITS and variant != SEARCHED:
         return {}
-    with np.load(artifact / dequant_path(variant)) as z:
-        deq = {k: z[k] for k in z.files}
-    runtime, fmt = [], []
-    for case in golden.cases:
-        name = case["name"]
-        feeds = golden.inputs(name)
-        hidden, pooled = run(feeds)
-        ref_h, ref_p = deq[f"{name}/last_hidden_state"], deq[f"{name}/sentence_embedding"]
-        runtime.append(case_diff(name, feeds["attention_mask"], ref_h, hidden, ref_p, pooled))
-        fmt.append(case_diff(name, feeds["attention_mask"], golden.output(name, "last_hidden_state"), ref_h,
-                             golden.output(name, "sentence_embedding"), ref_p))
-    rt_tok = max(d.tokens_max_abs for d in runtime)
-    rt_pool = max(d.pooled_max_abs for d in runtime)
-    cos = [c for d in fmt for c in d.cosines]
-    result: dict[str, Any] = {
-        "dequantized_reference": {
-            "runtime_vs_dequantized_pytorch": {"tokens_max_abs": rt_tok, "pooled_max_abs": rt_pool,
-                                               "gate_max_abs": DEQUANT_RUNTIME_MAX_ABS},
-            "format_vs_fp32_pytorch": {"cos_min": float(np.min(cos)), "cos_mean": float(np.mean(cos)),
-                                       "tokens_max_abs": max(d.tokens_max_abs for d in fmt)},
-        },
-        "failures": [],
-    }
-    worst = max(rt_tok, rt_pool)
-    if worst > DEQUANT_RUNTIME_MAX_ABS:
-        result["failures"].append(
-            f"MLX differs from PyTorch running the same dequantized weights by {worst:.3g} > "
-            f"{DEQUANT_RUNTIME_MAX_ABS:g}: a runtime error, not quantization error")
-    return result
+    return runtime_check(artifact, variant, run, golden, "MLX", "float32")
 
 
 class MLXEncoderSession(MLXSession):

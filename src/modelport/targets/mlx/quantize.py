@@ -36,13 +36,14 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ...dequantized import reference_path
 from ...errors import ModelportError
 from ...fsutil import read_json, write_json
 from ...quant.numerics import GroupQuant, quantize_matrix
 from ...quant.plan import LayerQuant, Plan
 from ...quant.search import Candidate, Quality, SearchResult, choose, dev_quality, pareto, sensitivity
 from ...quant.texts import load as load_texts
-from .common import WEIGHTS, dequant_path
+from .common import WEIGHTS
 
 SEARCHED = "q4mix"
 EMBEDDING = "embeddings.word_embeddings"
@@ -347,10 +348,10 @@ def write_searched(source, recipe, plan: Plan, out: Path, step: Callable[[str], 
     save_tensors(folder_tensors(weights, stored), folder / WEIGHTS)
     step(f"reference: PyTorch with {SEARCHED}'s dequantized weights")
     arrays = outputs_with_weights(source, recipe, golden, runtime_dequantized(load_model(folder)))
-    with open(out / dequant_path(SEARCHED), "wb") as f:
+    with open(out / reference_path(SEARCHED), "wb") as f:
         np.savez_compressed(f, **arrays)
     quantized = sum(int(np.prod(shapes[n])) for n in stored)
-    return {"dequantized_reference": dequant_path(SEARCHED), "quantization": cfg["quantization"],
+    return {"dequantized_reference": reference_path(SEARCHED), "quantization": cfg["quantization"],
             "plan": plan.to_json(), "plan_sha256": plan.digest(),
             "bits_per_weight": round(sum(s.nbits() for s in stored.values()) / quantized, 4)}
 

@@ -1,9 +1,17 @@
-// Runs WebLLM in headless Chromium (SwiftShader WebGPU) on an MLC package, everything served from
-// 127.0.0.1: the page, WebLLM's bundle from node_modules, and the artifact. Requests to any other
+// Runs WebLLM in headless Chromium (SwiftShader WebGPU) on MLC packages, everything served from
+// 127.0.0.1 by a server that answers like the Hugging Face hub: each folder of `hub_repos` at
+// /<org>/<name>/resolve/main/<file>, the URL form WebLLM builds from a hub id (cleanModelUrl), so
+// what is checked is the package as a hub repo serves it. Also served: the page, WebLLM's bundle
+// from node_modules (/web-llm/, import-mapped as "@mlc-ai/web-llm"), and for the "snippet" entry
+// the model card's code (/snippet.mjs, its hub URL pointed at this server). Requests to any other
 // origin are aborted and reported, so a CDN fallback cannot pass silently.
 //
 //   node chromium_check.mjs request.json result.json
-// request.json: {artifact, model_id, ids: [[...]], texts: [...], chromium, timeout_s}
+// request.json: {hub_repos: {"<org>/<name>": dir}, entry, model_id (app_config entry), ids: [[...]], texts: [...],
+//                chromium, chromium_flags, timeout_s}
+// entry: {app_config: "/<org>/<name>/resolve/main/webllm-app-config.js"} (texts already wrapped)
+//     or {snippet: "<the card's JS>", hub_url: "https://huggingface.co"} (texts wrapped by the
+//        snippet's own withSpecialTokens; it must define `engine` and `withSpecialTokens`)
 import puppeteer from "puppeteer-core";
 import http from "node:http";
 import fs from "node:fs";
@@ -16,7 +24,7 @@ const [requestPath, resultPath] = process.argv.slice(2);
 const req = JSON.parse(fs.readFileSync(requestPath, "utf8"));
 const MOUNTS = [
   ["/web-llm/", path.join(HERE, "node_modules/@mlc-ai/web-llm/lib")],
-  ["/pkg/", path.resolve(req.artifact)],
+  ...Object.entries(req.hub_repos).map(([repo, dir]) => [`/${repo}/resolve/main/`, path.resolve(dir)]),
 ];
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript",
   ".json": "application/json", ".wasm": "application/wasm", ".txt": "text/plain" };
@@ -31,12 +39,29 @@ function resolveUrl(urlPath) {
   return null;
 }
 
-function serve(requestJson) {
+// The card's snippet as a module: its hub URL replaced by this server's origin, and the two names
+// the page uses exported (a snippet without them fails to load: the check cannot pass silently).
+function snippetModule(entry, origin) {
+  return `${entry.snippet.replaceAll(entry.hub_url, origin)}\nexport { engine, withSpecialTokens };\n`;
+}
+
+// What the server writes itself: the page's request, and the snippet module for a "snippet" entry.
+function generated(urlPath, origin) {
+  const pageEntry = req.entry.snippet ? { snippet: "/snippet.mjs" } : req.entry;
+  if (urlPath === "/request.json") {
+    return ["application/json", JSON.stringify({ model_id: req.model_id, ids: req.ids, texts: req.texts, entry: pageEntry })];
+  }
+  if (urlPath === "/snippet.mjs" && req.entry.snippet) return ["text/javascript", snippetModule(req.entry, origin)];
+  return null;
+}
+
+function serve() {
   const server = http.createServer((rq, rs) => {
     const urlPath = new URL(rq.url, "http://127.0.0.1").pathname;
-    if (urlPath === "/request.json") {
-      rs.writeHead(200, { "Content-Type": "application/json" });
-      return rs.end(requestJson);
+    const made = generated(urlPath, `http://127.0.0.1:${server.address().port}`);
+    if (made) {
+      rs.writeHead(200, { "Content-Type": made[0], "Cache-Control": "no-store" });
+      return rs.end(made[1]);
     }
     const file = resolveUrl(urlPath);
     if (!file || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
@@ -50,7 +75,7 @@ function serve(requestJson) {
   return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
 }
 
-const server = await serve(JSON.stringify({ model_id: req.model_id, ids: req.ids, texts: req.texts }));
+const server = await serve();
 const origin = `http://127.0.0.1:${server.address().port}`;
 const profile = fs.mkdtempSync(path.join(os.tmpdir(), "modelport-webllm-"));
 const result = { off_origin_requests: [], console_tail: [] };
