@@ -130,3 +130,4 @@ def test_runtime_check_judges_the_runtime_not_the_format(tmp_path, compute: str)
     assert flipped["failures"] and "a runtime error" in flipped["failures"][0]
     if compute == "float32":  # fp16 compute is gated by cosine: a small offset is its rounding's business
         assert off["failures"] and "> 1e-05" in off["failures"][0]
+

@@ -66,5 +66,8 @@ def model_name(out: Path) -> str:
         libs = sorted(package_dir(out, variant).glob(f"*{suffix}"))
         if libs:
             return libs[0].name[: -len(suffix)]
+    if any((out / variant / "resolve" / "main").is_dir() for variant in VARIANTS):
+        raise ModelportError(f"{out} is in the earlier <variant>/resolve/main/ layout (libraries in libs/), which this "
+                             f"version no longer reads: convert the model again (--force) to get the hub-loadable layout")
     raise ModelportError(f"no WebGPU model library in any variant folder of {out} ({', '.join(VARIANTS)})")
 
