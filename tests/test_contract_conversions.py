@@ -32,6 +32,7 @@ TINY: dict[tuple[str, str], tuple[str, str | None, tuple[str, ...], dict[str, st
     ("mlx", "decoder-embedder"): ("tiny-embeddinggemma", "f32,q4", (), {}),
     ("mlx", "multi-vector-encoder"): ("tiny-bge-m3", "f32,q4", (), {}),
     ("mlc", "sentence-encoder"): ("tiny-bert-arctic", "f32,f16,q4f32_1,q4f16_1", (), OFF),  # test_mlc.arctic_mlc
+    ("mlc", "causal-lm"): ("tiny-llama", None, (), {}),  # test_mlc.llama_chat (WebLLM in Chromium too)
 }
 
 

@@ -530,3 +530,71 @@ def test_wasm32_cpu_schedules_keep_results_bit_for_bit(arctic_mlc: Path) -> None
         runner.close()
     for a, b in zip(*outs):
         assert np.array_equal(a, b)
+
+
+# --- chat packages (decoder LLMs) ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def llama_chat(shared_artifact) -> Path:
+    """tiny-llama as WebLLM chat packages (f32, q4f32_1), validated in Node and in WebLLM (Chromium).
+    Shared with the registry contract test."""
+    return shared_artifact("tiny-llama", "mlc", None)
+
+
+def test_chat_package_passes_in_node_and_in_webllm(llama_chat: Path) -> None:
+    man = manifest.load(llama_chat)
+    results = man["validation"]["variants"]
+    assert list(results) == ["f32", "q4f32_1"] and all(r["verdict"] == "pass" for r in results.values())
+    assert results["f32"]["metrics"]["prefill_max_abs"] <= 1e-5  # the wasm32 library through the paged KV cache
+    assert results["q4f32_1"]["thresholds"]["reference"] == "dequantized"
+    for variant, gated in (("f32", "fp32"), ("q4f32_1", "dequantized")):
+        web = results[variant]["extra"]["webllm_chromium"]
+        assert web["status"] == "pass" and web["gated_against"] == gated, web
+        # every golden prompt, the chat one through WebLLM's conversation template: same prompt ids, and
+        # WebLLM's own greedy tokens (on-GPU softmax, bitonic argsort, top-p sampler) equal PyTorch's
+        assert web["greedy_equal"] == web["prompts"] == 5
+        assert all(c["prompt_ids_equal"] and c["compared"] == 16 for c in web["cases"].values()), web["cases"]
+        assert web["decode_tokens_per_s_median"] > 0
+
+
+def test_chat_package_is_what_webllm_loads(llama_chat: Path) -> None:
+    pkg = llama_chat / "q4f32_1"
+    cfg = read_json(pkg / "mlc-chat-config.json")
+    conv = cfg["conv_template"]
+    assert conv["roles"] == {"user": "<|im_start|>user\n", "assistant": "<|im_start|>assistant\n"}
+    assert conv["seps"] == ["<|im_end|>\n", "<|im_end|>\n"] and conv["stop_token_ids"] == [2]
+    assert cfg["temperature"] == 0.0  # the checkpoint's generation_config says greedy
+    assert (pkg / "tiny-llama-q4f32_1-webgpu.wasm").is_file()
+    assert (llama_chat / "libs" / "tiny-llama-q4f32_1-wasm32-cpu.wasm").is_file()
+    records = {r["name"]: r for s in read_json(pkg / "tensor-cache.json")["records"] for r in s["records"]}
+    q = records["model.layers.0.self_attn.q_proj.q_weight"]
+    assert q["dtype"] == "uint32" and q["shape"] == [128, 128 // 8]
+    assert records["model.layers.0.self_attn.q_proj.q_scale"]["shape"] == [128, 128 // 32]
+    assert "model_type: 0 /* ModelType.LLM */" in (llama_chat / "webllm-app-config.js").read_text()
+
+
+def test_a_changed_4bit_scale_is_caught_by_the_dequantized_gate(llama_chat: Path, tmp_path: Path) -> None:
+    """The q4f32_1 gate judges the conversion: one group's scale off by 2% in the package, and the Node
+    run no longer matches PyTorch on the stored dequantized weights (the unchanged package does)."""
+    from modelport import lm
+    from modelport.targets.mlc.decoder import NodeLMRunner
+    from modelport.thresholds import check_lm
+
+    src = llama_chat / "q4f32_1"
+    pkg = tmp_path / "pkg"
+    shutil.copytree(src, pkg)
+    cache = read_json(pkg / "tensor-cache.json")
+    shard, rec = next((s, r) for s in cache["records"] for r in s["records"]
+                      if r["name"] == "model.layers.1.mlp.down_proj.q_scale")
+    with open(pkg / shard["dataPath"], "r+b") as f:
+        f.seek(rec["byteOffset"])
+        value = np.frombuffer(f.read(4), dtype="<f4") * np.float32(1.02)
+        f.seek(rec["byteOffset"])
+        f.write(value.astype("<f4").tobytes())
+    golden = lm.LMGolden.load(llama_chat, lm.golden_name("q4f32_1"))
+    lib = llama_chat / "libs" / "tiny-llama-q4f32_1-wasm32-cpu.wasm"
+    for folder, ok in ((src, True), (pkg, False)):
+        runner = NodeLMRunner(lib, folder)
+        failures = check_lm("w4", lm.evaluate_lm(golden, runner))
+        runner.close()
+        assert (not failures) is ok, failures

@@ -164,7 +164,7 @@ FUSED_PROJECTIONS = Quirk(
     "qkv_proj and gate_up_proj are single Linear layers (Phi-3); converters that split or match "
     "weights by the Llama names must split them along the output dimension.",
 )
-DECODER_TARGETS = ("onnx", "mlx", "coreml")
+DECODER_TARGETS = ("onnx", "mlx", "coreml", "mlc")
 # KV-cache graph inputs besides past_key_values.N.key/value (transformers.js text-generation names)
 DECODER_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
@@ -275,7 +275,8 @@ ARCHITECTURES: dict[str, Architecture] = {
             quirks=(BIDIRECTIONAL, SLIDING_WINDOW, GEMMA_NORMS, GQA, ROPE_PARAMETERS, ROPE_TABLES, TORCH_EXPORT_ONLY),
             targets=EMBEDDER_TARGETS,
         ),
-        _decoder("smollm3", "SmolLM3ForCausalLM", NOPE_LAYERS),
+        # mlc: TVM's paged KV cache applies one rotary mode to every layer (no NoPE layers)
+        _decoder("smollm3", "SmolLM3ForCausalLM", NOPE_LAYERS, targets=("onnx", "mlx", "coreml")),
         _decoder("phi3", "Phi3ForCausalLM", FUSED_PROJECTIONS, targets=("onnx",)),
     )
 }

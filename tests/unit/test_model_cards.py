@@ -31,6 +31,7 @@ PAIRS: dict[tuple[str, str], dict[str, tuple[str, str]]] = {
     (DECODER, "onnx"): {"fp32": ("onnx/model.onnx", "fp32"), "q4": ("onnx/model_q4.onnx", "q4")},
     (DECODER, "coreml"): {"fp32": ("fp32/model.mlpackage", "fp32"), "w4": ("w4/model.mlpackage", "w4")},
     (DECODER, "mlx"): {"f32": ("f32/model.safetensors", "fp32"), "q4": ("q4/model.safetensors", "w4")},
+    (DECODER, "mlc"): {"f32": ("f32/tensor-cache.json", "fp32"), "q4f32_1": ("q4f32_1/tensor-cache.json", "w4")},
     **{(family, target): variants for family in (EMBEDDER, MULTI) for target, variants in (
         ("onnx", {"fp32": ("onnx/model.onnx", "fp32"), "q8": ("onnx/model_quantized.onnx", "q8")}),
         ("coreml", {"fp32": ("fp32/model.mlpackage", "fp32"), "w8": ("w8/model.mlpackage", "w8")}),
@@ -189,6 +190,10 @@ def test_card_front_matter_and_usage_come_from_the_family(family: str, target: s
             "mlx": ["from mlx_lm import generate, load", f'allow_patterns=["{first_variant}/*"]',
                     "tokenizer.apply_chat_template(", "generate(model, tokenizer, prompt=prompt"],
             "coreml": [first_file, "model.makeState()", "context 512 tokens", "eos: [2, 7]", '"causal_mask"'],
+            "mlc": ["model_type: 0, // ModelType.LLM", f'model_id: "tiny-model-{first_variant}"',
+                    f'model: files + "{first_variant}/",',
+                    f'model_lib: files + "{first_variant}/tiny-model-{first_variant}-webgpu.wasm",',
+                    "engine.chat.completions.create(", '{ role: "user", content:'],
         }[target]
     elif family in (EMBEDDER, MULTI):  # the graph finishes the embedding: read sentence_embedding, add the prompt
         assert "pipeline(" not in usage and "pooling: " not in usage
@@ -289,10 +294,11 @@ def test_a_failed_or_missing_figure_shows_a_dash_not_a_crash() -> None:
 
 
 def test_no_snippet_for_a_pair_that_does_not_convert() -> None:
-    """MLC has no decoder converter: no usage section, but the rest of the card (tables, files) stands."""
-    assert families.get(DECODER).card_usage("mlc") is None
+    """A target without a usage snippet for the family: no usage section, but the rest of the card
+    (tables, files) stands."""
+    assert families.get(DECODER).card_usage("gguf") is None
     man = manifest(DECODER, "mlx")
-    man["target"]["name"] = "mlc"
+    man["target"]["name"] = "gguf"
     card = modelcard.render(man, REPO)
     assert "## Usage" not in card and "## Validation" in card and "## Files" in card
     assert front_matter(card)["pipeline_tag"] == "text-generation"

@@ -125,9 +125,9 @@ def test_registry_refuses_duplicates_and_undeclared_targets() -> None:
 
 
 def test_refusals_name_the_targets_that_do() -> None:
-    with pytest.raises(ModelportError, match=r"target 'mlc' does not convert causal-lm models.*targets that do: "
+    with pytest.raises(ModelportError, match=r"target 'mlc' does not convert multi-vector-encoder models.*targets that do: "
                                              r"onnx, coreml, mlx"):
-        REGISTRY.converter_class("mlc", "causal-lm")
+        REGISTRY.converter_class("mlc", "multi-vector")
     with pytest.raises(ModelportError, match="unknown target 'gguf'; available: onnx"):
         REGISTRY.converter_class("gguf", "causal-lm")
 

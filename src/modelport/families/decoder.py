@@ -238,6 +238,28 @@ model, tokenizer = load(str(folder))
 {py_prompt}
 print(generate(model, tokenizer, prompt=prompt, max_tokens=64))""",
     ),
+    "mlc": TargetCard(
+        "WebLLM (browser, WebGPU)", "js",
+        """\
+import {{ CreateMLCEngine }} from "@mlc-ai/web-llm";
+
+// This repo's files; WebLLM appends resolve/main/ only to a model URL without /resolve/<revision>/.
+const files = "{hub_url}/{repo}/resolve/main/";
+const appConfig = {{
+  model_list: [{{
+    model: files + "{package_dir}/",  // the {variant} package: chat config, tensor cache, tokenizer
+    model_id: "{model_id}",
+    model_lib: files + "{model_lib}",  // its WebGPU model library{required_features}
+    model_type: 0, // ModelType.LLM
+  }}],
+}};
+const engine = await CreateMLCEngine("{model_id}", {{ appConfig }});
+// WebLLM builds the prompt from the package's conversation template (derived from the chat template)
+const reply = await engine.chat.completions.create({{
+  messages: [{{ role: "user", content: "What is the capital of France?" }}], temperature: 0, max_tokens: 64,
+}});
+console.log(reply.choices[0].message.content);  // greedy, as validated""",
+    ),
     "coreml": TargetCard(
         "Core ML (Swift, iOS 18 / macOS 15; stateful KV cache)", "swift",
         """\

@@ -1,6 +1,8 @@
-"""MLC / WebLLM target: embedding packages WebLLM loads in the browser (WebGPU + wasm32 libraries).
+"""MLC / WebLLM target: embedding and chat packages WebLLM loads in the browser (WebGPU + wasm32 libraries).
 
   encoder.py   the sentence-encoder converter (MLCEncoder) and its Node runner
+  decoder.py   the decoder-LLM converter (MLCDecoder): chat packages, and its Node LM runner
+  chat_model.py  the chat model as a Relax module with WebLLM's function set
   build.py     TVM web runtime, Relax import and builds, emscripten links
   browser.py   the WebLLM check in headless Chromium (SwiftShader WebGPU)
   layout.py    artifact paths shared by encoder.py and browser.py
@@ -11,7 +13,7 @@ No toolchain (torch, tvm) is imported at module level: the validator image has n
 
 from __future__ import annotations
 
-from ...recipes import CAUSAL_LM, DECODER_EMBEDDER, MULTI_VECTOR
+from ...recipes import DECODER_EMBEDDER, MULTI_VECTOR
 from ..registry import REGISTRY, TargetSpec
 
 # What WebLLM cannot load, and why (the refusal says it). WebLLM 0.2's embeddings API
@@ -23,9 +25,8 @@ REFUSES = {
     MULTI_VECTOR: "WebLLM's embeddings API returns one dense vector per input, so BGE-M3's sparse weights and "
                   "ColBERT vectors would be dropped, and its XLM-R trunk is not an mlc-llm embedding model. In the "
                   "browser, use -t onnx (transformers.js returns all three outputs)",
-    CAUSAL_LM: "WebLLM chat packages (paged KV cache, q4f16_1) are not built by this version",
 }
 SPEC = REGISTRY.add_target(TargetSpec(name="mlc", description="MLC / WebLLM package (WebGPU + wasm32)",
                                       extra="mlc", image="mlc", refuses=REFUSES))
 
-from . import encoder  # noqa: E402,F401  (registers MLCEncoder)
+from . import decoder, encoder  # noqa: E402,F401  (register MLCDecoder, MLCEncoder)

@@ -241,3 +241,85 @@ def unsupported(result: dict[str, Any], variant: str) -> dict[str, Any]:
     elif not error.startswith(FEATURE_ERRORS):
         failures.append(f"WebLLM failed on {variant} with an unexpected error: {error[:300]}")
     return {"webllm_chromium": check, "browser_failures": failures}
+
+
+
+# --- chat packages (decoder LLMs) -----------------------------------------------------------------------------
+
+# A golden step whose top-2 logit gap is below this is a near tie: which token wins there depends on
+# float rounding, and the tokens after it are a different (equally valid) continuation. Tokens are
+# compared up to the first such step (the fp32 runtimes here differ from PyTorch by ~1e-5 in logits).
+CLEAR_GAP = 1e-3
+
+
+def chat_request(artifact: Path, variant: str, golden) -> dict[str, Any]:
+    """Every golden prompt: plain ones through completions.create, chat ones through
+    chat.completions.create (WebLLM applies the package's conversation template)."""
+    cases = [{"name": p["name"], "text": p["text"], "messages": p["messages"] if p["chat"] else None,
+              "steps": golden.steps, "eos": golden.eos_ids} for p in golden.prompts]
+    return {"hub_repos": {LOCAL_REPO: str(artifact.resolve())},
+            "entry": {"app_config": f"{hub_files_url(LOCAL_REPO)}{APP_CONFIG}"}, "page": "webllm_chat.html",
+            "model_id": f"{model_name(artifact)}-{variant}", "ids": [], "texts": [], "cases": cases,
+            **browser_settings()}
+
+
+def compare_chat(result: dict[str, Any], golden) -> tuple[dict[str, Any], list[str]]:
+    """WebLLM's greedy tokens vs the golden's up to the first near tie; its prompt token ids (plain
+    prompts: WebLLM's tokenizer; chat: the count its conversation template produced) vs the golden's."""
+    from ...lm import top2_gap
+
+    failures: list[str] = []
+    cases = {}
+    for got in result["cases"]:
+        name = got["name"]
+        ref = golden.greedy_tokens(name).tolist()
+        ids = golden.input_ids(name)[0].tolist()
+        gaps = [top2_gap(row, golden.eos_ids) for row in golden.step_logits(name)]
+        clear = next((i for i, g in enumerate(gaps) if g < CLEAR_GAP), len(gaps))
+        equal = got["tokens"][:clear] == ref[:clear]
+        prompt_ok = got["prompt_ids"] == ids if got["prompt_ids"] is not None else got["prompt_tokens"] == len(ids)
+        cases[name] = {"tokens_equal": equal, "compared": clear, "of": len(ref), "prompt_ids_equal": prompt_ok,
+                       "webllm_tokens": got["tokens"], "prefill_tokens_per_s": got.get("prefill_tokens_per_s"),
+                       "decode_tokens_per_s": got.get("decode_tokens_per_s"), "text": got["text"][:120]}
+        if not prompt_ok:
+            failures.append(f"WebLLM in Chromium, prompt {name!r}: prompt token ids differ from the golden's")
+        if not equal:
+            failures.append(f"WebLLM in Chromium, prompt {name!r}: greedy tokens {got['tokens'][:clear]} != PyTorch "
+                            f"{ref[:clear]} (first {clear} steps, top-2 gap >= {CLEAR_GAP:g})")
+    if result.get("off_origin_requests"):
+        failures.append(f"WebLLM requested other origins: {result['off_origin_requests'][:3]}")
+    rates = [c for c in result["cases"] if c.get("decode_tokens_per_s")]
+    metrics = {"cases": cases, "greedy_equal": sum(c["tokens_equal"] for c in cases.values()),
+               "prompts": len(cases), "chromium": result.get("chromium"), "adapter": result.get("adapter"),
+               "load_s": round(result.get("load_s", 0.0), 1),
+               "decode_tokens_per_s_median": float(np.median([c["decode_tokens_per_s"] for c in rates])) if rates else None,
+               "prefill_tokens_per_s_median": float(np.median([c["prefill_tokens_per_s"] for c in rates])) if rates else None}
+    return metrics, failures
+
+
+def validate_chat_in_chromium(artifact: Path, variant: str, golden) -> dict[str, Any]:
+    """{"webllm_chromium": metrics or why it did not run, "browser_failures": [...]} for a chat package.
+
+    A 4-bit variant is compared with PyTorch on its own dequantized weights (the golden the Node
+    check gates it on), the fp32 variant with the fp32 golden."""
+    from ...lm import LMGolden, golden_name
+
+    mode = os.environ.get("MODELPORT_MLC_BROWSER", "auto")
+    if mode == "off":
+        return {"webllm_chromium": {"status": "not run (MODELPORT_MLC_BROWSER=off)"}}
+    missing = missing_prerequisites()
+    if missing:
+        why = "; ".join(missing) + " (run scripts/setup-mlc.sh)"
+        fail = [f"WebLLM Chromium check required but: {why}"] if mode == "require" else []
+        return {"webllm_chromium": {"status": f"not run: {why}"}, "browser_failures": fail}
+    entry = read_json(artifact / "manifest.json")["target"]["variants"][variant]
+    against = LMGolden.load(artifact, golden_name(variant)) if "dequantized_reference" in entry else golden
+    result = run_chromium(chat_request(artifact, variant, against))
+    if "fatal" in result:
+        return {"webllm_chromium": {"status": "error", "reason": result["fatal"],
+                                    "console_tail": result.get("console_tail", [])[-10:]},
+                "browser_failures": [f"WebLLM in Chromium failed: {result['fatal'][:300]}"]}
+    metrics, failures = compare_chat(result, against)
+    metrics["gated_against"] = "dequantized" if against is not golden else "fp32"
+    metrics["status"] = "pass" if not failures else "fail"
+    return {"webllm_chromium": metrics, "browser_failures": failures}

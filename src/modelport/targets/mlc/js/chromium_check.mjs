@@ -8,7 +8,8 @@
 //
 //   node chromium_check.mjs request.json result.json
 // request.json: {hub_repos: {"<org>/<name>": dir}, entry, model_id (app_config entry), ids: [[...]], texts: [...],
-//                chromium, chromium_flags, timeout_s}
+//                chromium, chromium_flags, timeout_s, page (default webllm_check.html; webllm_chat.html: chat
+//                packages, with `cases`)}
 // entry: {app_config: "/<org>/<name>/resolve/main/webllm-app-config.js"} (texts already wrapped)
 //     or {snippet: "<the card's JS>", hub_url: "https://huggingface.co"} (texts wrapped by the
 //        snippet's own withSpecialTokens; it must define `engine` and `withSpecialTokens`)
@@ -30,7 +31,7 @@ const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/ja
   ".json": "application/json", ".wasm": "application/wasm", ".txt": "text/plain" };
 
 function resolveUrl(urlPath) {
-  if (urlPath === "/" || urlPath === "/check.html") return path.join(HERE, "webllm_check.html");
+  if (urlPath === "/" || urlPath === "/check.html") return path.join(HERE, req.page || "webllm_check.html");
   for (const [prefix, dir] of MOUNTS) {
     if (!urlPath.startsWith(prefix)) continue;
     const file = path.resolve(dir, "." + path.sep + decodeURIComponent(urlPath.slice(prefix.length)));
@@ -49,7 +50,8 @@ function snippetModule(entry, origin) {
 function generated(urlPath, origin) {
   const pageEntry = req.entry.snippet ? { snippet: "/snippet.mjs" } : req.entry;
   if (urlPath === "/request.json") {
-    return ["application/json", JSON.stringify({ model_id: req.model_id, ids: req.ids, texts: req.texts, entry: pageEntry })];
+    return ["application/json", JSON.stringify({ model_id: req.model_id, ids: req.ids, texts: req.texts, entry: pageEntry,
+                                                 cases: req.cases })];
   }
   if (urlPath === "/snippet.mjs" && req.entry.snippet) return ["text/javascript", snippetModule(req.entry, origin)];
   return null;
