@@ -536,17 +536,21 @@ def test_wasm32_cpu_schedules_keep_results_bit_for_bit(arctic_mlc: Path) -> None
 
 @pytest.fixture(scope="module")
 def llama_chat(shared_artifact) -> Path:
-    """tiny-llama as WebLLM chat packages (f32, q4f32_1), validated in Node and in WebLLM (Chromium).
-    Shared with the registry contract test."""
+    """tiny-llama as WebLLM chat packages (f32, f16, q4f32_1, q4f16_1), validated in Node and in WebLLM
+    (Chromium; the float16 ones are refused there: no shader-f16). Shared with the registry contract test."""
     return shared_artifact("tiny-llama", "mlc", None)
 
 
 def test_chat_package_passes_in_node_and_in_webllm(llama_chat: Path) -> None:
     man = manifest.load(llama_chat)
     results = man["validation"]["variants"]
-    assert list(results) == ["f32", "q4f32_1"] and all(r["verdict"] == "pass" for r in results.values())
+    assert list(results) == ["f32", "f16", "q4f32_1", "q4f16_1"]
+    assert all(r["verdict"] == "pass" for r in results.values())
     assert results["f32"]["metrics"]["prefill_max_abs"] <= 1e-5  # the wasm32 library through the paged KV cache
-    assert results["q4f32_1"]["thresholds"]["reference"] == "dequantized"
+    assert results["q4f32_1"]["thresholds"]["reference"] == results["q4f16_1"]["thresholds"]["reference"] == "dequantized"
+    for variant in ("f16", "q4f16_1"):  # SwiftShader has no shader-f16: WebLLM's own refusal is recorded
+        web = results[variant]["extra"]["webllm_chromium"]
+        assert web["status"].startswith("not run") and web["webllm_error"].startswith("ShaderF16SupportError"), web
     for variant, gated in (("f32", "fp32"), ("q4f32_1", "dequantized")):
         web = results[variant]["extra"]["webllm_chromium"]
         assert web["status"] == "pass" and web["gated_against"] == gated, web

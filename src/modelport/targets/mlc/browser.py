@@ -319,6 +319,8 @@ def validate_chat_in_chromium(artifact: Path, variant: str, golden) -> dict[str,
         return {"webllm_chromium": {"status": "error", "reason": result["fatal"],
                                     "console_tail": result.get("console_tail", [])[-10:]},
                 "browser_failures": [f"WebLLM in Chromium failed: {result['fatal'][:300]}"]}
+    if "unsupported" in result:
+        return unsupported(result, variant)
     metrics, failures = compare_chat(result, against)
     metrics["gated_against"] = "dequantized" if against is not golden else "fp32"
     metrics["status"] = "pass" if not failures else "fail"

@@ -75,6 +75,14 @@ def _modules():
     from tvm.relax.frontend.nn import Tensor, op
     from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
+    def matmul(x: Tensor, weight: Tensor, out_dtype: str | None) -> Tensor:
+        """x @ weight.T, accumulated in float32 (float16 models too, as the encoder's f16 and every
+        other fp16 runtime here do), returned in `out_dtype` (None: the input dtype)."""
+        if x.dtype == "float32":
+            return op.matmul(x, op.permute_dims(weight))
+        out = op.matmul(x, op.permute_dims(weight), out_dtype="float32")
+        return out if out_dtype == "float32" else out.astype(x.dtype)
+
     def dequantize(q_weight: Tensor, q_scale: Tensor, dtype: str) -> Tensor:
         """(code - 7) * scale, code j of a uint32 word in bits 4j..4j+3 (quantize.dequantize)."""
         def compute(q, s):
@@ -89,15 +97,41 @@ def _modules():
         return op.tensor_expr_op(compute, "dequantize", [q_weight, q_scale])
 
     class GroupQuantLinear(nn.Module):
-        def __init__(self, in_features: int, out_features: int, bias: bool, dtype: str) -> None:
-            self.dtype = dtype
+        def __init__(self, in_features: int, out_features: int, bias: bool, dtype: str,
+                     out_dtype: str | None) -> None:
+            self.dtype, self.out_dtype = dtype, out_dtype
             self.q_weight = nn.Parameter((out_features, in_features // quantize.PER_WORD), "uint32")
             self.q_scale = nn.Parameter((out_features, in_features // quantize.GROUP), dtype)
             self.bias = nn.Parameter((out_features,), dtype) if bias else None
 
         def forward(self, x: Tensor) -> Tensor:
-            y = op.matmul(x, op.permute_dims(dequantize(self.q_weight, self.q_scale, self.dtype)))
+            y = matmul(x, dequantize(self.q_weight, self.q_scale, self.dtype), self.out_dtype)
             return y + self.bias if self.bias is not None else y
+
+    class Linear(nn.Module):
+        def __init__(self, in_features: int, out_features: int, bias: bool, dtype: str,
+                     out_dtype: str | None) -> None:
+            self.out_dtype = out_dtype
+            self.weight = nn.Parameter((out_features, in_features), dtype)
+            self.bias = nn.Parameter((out_features,), dtype) if bias else None
+
+        def forward(self, x: Tensor) -> Tensor:
+            y = matmul(x, self.weight, self.out_dtype)
+            return y + self.bias if self.bias is not None else y
+
+    class RMSNorm(nn.Module):
+        """In float32 whatever the model dtype, as transformers' LlamaRMSNorm computes it (a float16
+        sum of squares measured 4.8e-3 x max |logit| on tiny-llama f16, over the 4e-3 fp16 gate)."""
+
+        def __init__(self, size: int, eps: float, dtype: str) -> None:
+            self.eps, self.dtype = eps, dtype
+            self.weight = nn.Parameter((size,), dtype)
+
+        def forward(self, x: Tensor) -> Tensor:
+            if self.dtype == "float32":
+                return op.rms_norm(x, self.weight, axes=[-1], epsilon=self.eps)
+            out = op.rms_norm(x.astype("float32"), self.weight.astype("float32"), axes=[-1], epsilon=self.eps)
+            return out.astype(self.dtype)
 
     class GroupQuantEmbedding(nn.Module):
         """Rows are looked up packed and dequantized after the lookup (the table never expands)."""
@@ -117,10 +151,11 @@ def _modules():
         def table(self) -> Tensor:
             return self.weight
 
-    def linear(c: DecoderShape, n_in: int, n_out: int, bias: bool = False) -> nn.Module:
+    def linear(c: DecoderShape, n_in: int, n_out: int, bias: bool = False, out_dtype: str | None = None) -> nn.Module:
+        """out_dtype "float32": the lm_head's logits, never rounded to float16."""
         if c.group_quantized and quantize.quantizable((n_out, n_in)):
-            return GroupQuantLinear(n_in, n_out, bias, c.dtype)
-        return nn.Linear(n_in, n_out, bias=bias, dtype=c.dtype)
+            return GroupQuantLinear(n_in, n_out, bias, c.dtype, out_dtype)
+        return Linear(n_in, n_out, bias, c.dtype, out_dtype)
 
     def embedding(c: DecoderShape) -> nn.Module:
         if c.group_quantized and quantize.quantizable((c.vocab_size, c.hidden_size)):
@@ -128,7 +163,7 @@ def _modules():
         return Embedding(c.vocab_size, c.hidden_size, dtype=c.dtype)
 
     def rms_norm(c: DecoderShape, size: int) -> nn.Module:
-        return nn.RMSNorm(size, -1, c.rms_norm_eps, bias=False, dtype=c.dtype)
+        return RMSNorm(size, c.rms_norm_eps, c.dtype)
 
     class Attention(nn.Module):
         def __init__(self, c: DecoderShape) -> None:
@@ -206,14 +241,13 @@ def build_model(c: DecoderShape, target: Any, gpu: bool, validation: bool):
         def __init__(self) -> None:
             self.model = Trunk(c)
             if not c.tie_word_embeddings:
-                self.lm_head = linear(c, c.hidden_size, c.vocab_size)
+                self.lm_head = linear(c, c.hidden_size, c.vocab_size, out_dtype="float32")
 
         def logits(self, h: Tensor) -> Tensor:
             if c.tie_word_embeddings:  # quirk tied-embeddings: the output projection is the table
-                out = op.matmul(h, op.permute_dims(self.model.embed_tokens.table()))
-            else:
-                out = self.lm_head(h)
-            return out.astype("float32") if c.dtype != "float32" else out
+                table = self.model.embed_tokens.table()
+                return op.matmul(h, op.permute_dims(table), out_dtype="float32")
+            return self.lm_head(h)
 
         def embed(self, input_ids: Tensor) -> Tensor:
             return self.model.embed_tokens(input_ids)

@@ -8,15 +8,17 @@
     <out>/webllm-app-config.js               appConfig(base) / fromHub(repo), model_type LLM
     <out>/reference/lm_golden_q4f32_1.npz    PyTorch on q4f32_1's dequantized weights
 
-Variants: f32 (q0f32) and q4f32_1 (MLC's 4-bit format, quantize.py). The model is our own Relax
+Variants: f32 (q0f32), f16 (q0f16), q4f32_1 and q4f16_1 (MLC's 4-bit formats, quantize.py); the
+float16 ones declare `required_features: ["shader-f16"]`. The model is our own Relax
 module (chat_model.py). Validation drives the wasm32 CPU library in Node through TVM's web runtime
 and its paged KV cache, the calls WebLLM makes (embed, begin_forward, prefill/decode, end_forward),
 against the decoder golden; then WebLLM itself runs the WebGPU library in headless Chromium and its
 greedy tokens are compared with PyTorch's (browser.validate_chat_in_chromium).
 
 SmolLM3 is refused: its NoPE layers need a rotary mode per layer, and TVM's paged KV cache applies
-one to all layers. Float16 chat variants (q0f16, q4f16_1) are not offered yet: SwiftShader has no
-shader-f16, so nothing here could run them in WebLLM.
+one to all layers. The float16 variants are gated in Node (wasm32: float16 storage, float32
+arithmetic on its loads, see build.widen_matmul_operands) by the fp16 gates; SwiftShader has no
+shader-f16, so WebLLM's refusal is recorded instead of a browser run.
 """
 
 from __future__ import annotations
@@ -40,19 +42,26 @@ from ...recipes import QK_NORM, QKV_BIAS, read_chat_template
 from ..registry import ArtifactSession, ConvertContext, Converter, NoOptions, Variant, register
 from . import browser, build, quantize
 from .chat_model import DecoderShape
-from .encoder import model_parameters, node, runtime_versions
+from .encoder import REQUIRED_FEATURES, model_parameters, node, runtime_versions
 from .layout import APP_CONFIG, JS, lib_path, package_dir
 
 LM_VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
         Variant("f32", "f32/tensor-cache.json", "fp32", "float32 weights, compute and KV cache (q0f32)"),
+        Variant("f16", "f16/tensor-cache.json", "fp16",
+                "float16 weights, compute and KV cache, float32 logits (q0f16); WebGPU shader-f16"),
         Variant("q4f32_1", "q4f32_1/tensor-cache.json", "w4",
                 "4-bit weights in groups of 32 with float32 scales, dequantized inside the kernels, float32 "
                 "compute and KV cache (MLC's q4f32_1)"),
+        Variant("q4f16_1", "q4f16_1/tensor-cache.json", "q4f16",
+                "4-bit weights in groups of 32 with float16 scales, float16 compute and KV cache (MLC's "
+                "q4f16_1); WebGPU shader-f16"),
     )
 }
-QUANTIZATION = {"f32": "q0f32", "q4f32_1": "q4f32_1"}
+QUANTIZATION = {"f32": "q0f32", "f16": "q0f16", "q4f32_1": "q4f32_1", "q4f16_1": "q4f16_1"}
+DTYPE = {"f32": "float32", "f16": "float16", "q4f32_1": "float32", "q4f16_1": "float16"}
+GROUP_QUANTIZED = ("q4f32_1", "q4f16_1")
 # The KV cache and prefill sizes written into the package (WebLLM allocates the cache up front:
 # context x layers x kv heads x head_dim x 2, so a 128k-context checkpoint is capped here).
 MAX_CONTEXT = 4096
@@ -62,7 +71,7 @@ ROLE_PROBES = ("\x01SYSTEM\x01", "\x01USER\x01", "\x01ASSISTANT\x01", "\x01USER2
 
 # --- shapes and templates ---------------------------------------------------------------------------------
 
-def decoder_shape(source_config: dict[str, Any], recipe, rope: dict[str, Any], group_quantized: bool) -> DecoderShape:
+def decoder_shape(source_config: dict[str, Any], recipe, rope: dict[str, Any], variant: str) -> DecoderShape:
     """The Relax model's shape from the checkpoint, its quirks and the rotary settings transformers
     computes with (`rope`: the model's resolved rope_parameters)."""
     if rope.get("rope_type", "default") != "default":
@@ -76,7 +85,8 @@ def decoder_shape(source_config: dict[str, Any], recipe, rope: dict[str, Any], g
         head_dim=recipe.head_dim, rms_norm_eps=float(source_config["rms_norm_eps"]),
         rope_theta=float(rope["rope_theta"]), tie_word_embeddings=recipe.tie_word_embeddings,
         qkv_bias=QKV_BIAS in recipe.quirks, qk_norm=QK_NORM in recipe.quirks, context_window_size=context,
-        prefill_chunk_size=min(context, MAX_PREFILL_CHUNK), dtype="float32", group_quantized=group_quantized)
+        prefill_chunk_size=min(context, MAX_PREFILL_CHUNK), dtype=DTYPE[variant],
+        group_quantized=variant in GROUP_QUANTIZED)
 
 
 def conv_template(tokenizer, eos_ids: list[int]) -> tuple[dict[str, Any], list[str]]:
@@ -237,7 +247,7 @@ def convert(ctx: ConvertContext) -> TargetInfo:
     (out / "libs").mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {}
     for name in ctx.variants:
-        c = decoder_shape(source.config, recipe, rope, group_quantized=name != "f32")
+        c = decoder_shape(source.config, recipe, rope, name)
         pkg = package_dir(out, name)
         files = write_client_files(source, recipe, pkg, max_length=c.context_window_size)
         timings: dict[str, Any] = {}
@@ -256,7 +266,7 @@ def convert(ctx: ConvertContext) -> TargetInfo:
         info[name] = {"quantization": QUANTIZATION[name], "package": f"{name}/",
                       "model_lib": str(lib_path(out, source.name, name, "webgpu").relative_to(out)),
                       "validation_lib": str(lib_path(out, source.name, name, "wasm32-cpu").relative_to(out)),
-                      "required_features": [], "client_files": files, "seconds": timings,
+                      "required_features": REQUIRED_FEATURES[name], "client_files": files, "seconds": timings,
                       "context_window_size": c.context_window_size, "prefill_chunk_size": c.prefill_chunk_size}
         if dequantized:
             step(f"{name}: reference: PyTorch with {name}'s dequantized weights")
@@ -369,7 +379,7 @@ class MLCDecoderSession(ArtifactSession):
 
 @register
 class MLCDecoder(Converter):
-    """Decoder LLMs (Llama, Qwen2, Qwen3) -> WebLLM chat packages (q0f32, q4f32_1)."""
+    """Decoder LLMs (Llama, Qwen2, Qwen3) -> WebLLM chat packages (q0f32, q0f16, q4f32_1, q4f16_1)."""
 
     target = "mlc"
     family = DECODER.name
