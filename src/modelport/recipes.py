@@ -275,8 +275,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             quirks=(BIDIRECTIONAL, SLIDING_WINDOW, GEMMA_NORMS, GQA, ROPE_PARAMETERS, ROPE_TABLES, TORCH_EXPORT_ONLY),
             targets=EMBEDDER_TARGETS,
         ),
-        # mlc: TVM's paged KV cache applies one rotary mode to every layer (no NoPE layers)
-        _decoder("smollm3", "SmolLM3ForCausalLM", NOPE_LAYERS, targets=("onnx", "mlx", "coreml")),
+        _decoder("smollm3", "SmolLM3ForCausalLM", NOPE_LAYERS),
         _decoder("phi3", "Phi3ForCausalLM", FUSED_PROJECTIONS, targets=("onnx",)),
     )
 }

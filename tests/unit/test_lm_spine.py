@@ -151,7 +151,7 @@ def _config(model_type: str, **extra: Any) -> dict[str, Any]:
                                               ("phi3", "fused-projections")])
 def test_decoder_architectures_are_registered(tmp_path: Path, model_type: str, quirk: str) -> None:
     arch = ARCHITECTURES[model_type]
-    assert arch.family == CAUSAL_LM and arch.is_decoder and "onnx" in arch.targets and ("mlc" in arch.targets) == (model_type in ("llama", "qwen2", "qwen3"))
+    assert arch.family == CAUSAL_LM and arch.is_decoder and "onnx" in arch.targets and ("mlc" in arch.targets) == (model_type != "phi3")
     r = recipe_for(tmp_path, _config(model_type, head_dim=32, tie_word_embeddings=True))
     assert quirk in r.to_json()["quirks"] and "tied-embeddings" in r.to_json()["quirks"]
     assert (r.num_kv_heads, r.head_dim, r.rope_theta, r.eos_token_id) == (2, 32, 10000.0, [2])
@@ -195,11 +195,10 @@ def test_decoder_without_chat_template_is_a_warning_and_no_pooling_rule_applies(
 
 
 def test_decoder_a_target_cannot_carry_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    # a complete checkpoint: the model directory checks (checkpoint.py) pass; SmolLM3's NoPE layers are not
-    # expressible in TVM's paged KV cache (one rotary mode for every layer), so its recipe leaves mlc out
-    rc = convert("tiny-smollm3", "--target", "mlc", "--out", str(tmp_path / "out"))
+    # a complete checkpoint: the model directory checks (checkpoint.py) pass; Phi-3 is converted to ONNX only
+    rc = convert("tiny-phi3", "--target", "mlc", "--out", str(tmp_path / "out"))
     err = " ".join(capsys.readouterr().err.split())
-    assert rc == 2 and "target 'mlc' does not support smollm3 (causal-lm) yet (supported: onnx, mlx, coreml)" in err, err
+    assert rc == 2 and "target 'mlc' does not support phi3 (causal-lm) yet (supported: onnx)" in err, err
     assert not (tmp_path / "out").exists()
 
 

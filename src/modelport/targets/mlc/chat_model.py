@@ -17,7 +17,9 @@ LMRunner contract, which WebLLM's last-token `prefill` cannot serve).
 Attention runs in TVM's paged KV cache (`TIRPagedKVCache`: RoPE applied inside, rotate-half
 convention, grouped-query heads), as in WebLLM's own prebuilt models. The architecture differences
 are the recipe's quirks, each handled here once: qkv-bias (Qwen2: q/k/v biases), qk-norm (Qwen3:
-per-head RMSNorm on q and k before RoPE), tied-embeddings (lm_head reads the embedding table).
+per-head RMSNorm on q and k before RoPE), tied-embeddings (lm_head reads the embedding table),
+nope-layers (SmolLM3: the cache runs without RoPE and the model rotates q/k on its RoPE layers only,
+with TVM's fused rope kernel at the cache's query positions).
 
 4-bit variants (q4f32_1, q4f16_1) use `quantize.py`'s format: `<module>.q_weight` / `.q_scale`,
 dequantized inside the kernels (a TE compute TVM fuses into the matmul or the row lookup).
@@ -64,6 +66,9 @@ class DecoderShape:
     prefill_chunk_size: int
     dtype: str  # float32 or float16: weights, activations and KV cache
     group_quantized: bool  # MLC q4*_1: Linear/Embedding weights stored 4-bit
+    # quirk nope-layers (SmolLM3): which layers rotate q/k. None: every layer, and the KV cache applies
+    # RoPE itself (RopeMode.NORMAL); a tuple: the model rotates those layers and the cache none.
+    rope_layers: tuple[bool, ...] | None = None
 
 
 # --- the model -------------------------------------------------------------------------------------------
@@ -187,8 +192,27 @@ def _modules():
             if c.qk_norm:
                 q, k = self.q_norm(q), self.k_norm(k)
             qkv = op.concat([q, k, v], dim=2)
+            if c.rope_layers is not None and c.rope_layers[layer]:
+                qkv = rotate(c, qkv, kv)
             out = kv.attention_with_fused_qkv(layer, qkv, hq, sm_scale=d ** -0.5)
             return self.o_proj(op.reshape(out, (b, s, hq * d)))
+
+    def rotate(c: DecoderShape, qkv: Tensor, kv: PagedKVCache) -> Tensor:
+        """RoPE on q and k at the cache's query positions (TVM's fused rope kernel, the one the
+        cache runs in RopeMode.NORMAL), for a model that rotates only some layers."""
+        from tvm.relax.frontend.nn.llm.position_embedding import llama_rope_with_position_map
+
+        b, s, heads, d = qkv.shape
+        hq, hkv = c.num_attention_heads, c.num_key_value_heads
+        positions = kv.get_query_positions(b * s)
+        func = llama_rope_with_position_map(c.rope_theta, 1.0, d, hq, hkv, c.dtype, {})
+        # apply_rope (its last parameter) fixed to 1; private: the cache registers its own "fused_rope"
+        func = func.specialize({func.params[-1]: tirx.IntImm("int64", 1)}).without_attr("global_symbol")
+        q, k, v = op.tensor_ir_op(func, "rope_with_position_map", [op.reshape(qkv, (b * s, heads, d)), positions],
+                                  [Tensor.placeholder((b * s, hq, d), c.dtype),
+                                   Tensor.placeholder((b * s, hkv, d), c.dtype),
+                                   Tensor.placeholder((b * s, hkv, d), c.dtype)])
+        return op.reshape(op.concat([q, k, v], dim=1), (b, s, heads, d))
 
     class MLP(nn.Module):
         def __init__(self, c: DecoderShape) -> None:
@@ -270,7 +294,9 @@ def build_model(c: DecoderShape, target: Any, gpu: bool, validation: bool):
                 layer_partition=relax.ShapeExpr([0, c.num_hidden_layers]), num_hidden_layers=c.num_hidden_layers,
                 num_attention_heads=c.num_attention_heads, num_key_value_heads=c.num_key_value_heads,
                 qk_head_dim=c.head_dim, v_head_dim=c.head_dim, mla_original_qk_head_dim=0,
-                mla_original_v_head_dim=0, rope_mode=RopeMode.NORMAL, rope_scale=1, rope_theta=c.rope_theta,
+                mla_original_v_head_dim=0,
+                rope_mode=RopeMode.NORMAL if c.rope_layers is None else RopeMode.NONE, rope_scale=1,
+                rope_theta=c.rope_theta,
                 rope_scaling={}, rope_ext_factors=relax.prim_value(0), rotary_dim=c.head_dim,
                 enable_disaggregation=False, dtype=c.dtype, target=target)
 

@@ -1,4 +1,4 @@
-"""MLC / WebLLM target, decoder LLMs (MLCDecoder): WebLLM chat packages for Llama, Qwen2 and Qwen3.
+"""MLC / WebLLM target, decoder LLMs (MLCDecoder): WebLLM chat packages for Llama, Qwen2, Qwen3, SmolLM3.
 
     <out>/<v>/   mlc-chat-config.json (conversation template, generation defaults, context sizes)
                  tensor-cache.json  params_shard_*.bin   (names/shapes/dtypes from the library's _metadata)
@@ -15,8 +15,7 @@ and its paged KV cache, the calls WebLLM makes (embed, begin_forward, prefill/de
 against the decoder golden; then WebLLM itself runs the WebGPU library in headless Chromium and its
 greedy tokens are compared with PyTorch's (browser.validate_chat_in_chromium).
 
-SmolLM3 is refused: its NoPE layers need a rotary mode per layer, and TVM's paged KV cache applies
-one to all layers. The float16 variants are gated in Node (wasm32: float16 storage, float32
+The float16 variants are gated in Node (wasm32: float16 storage, float32
 arithmetic on its loads, see build.widen_matmul_operands) by the fp16 gates; SwiftShader has no
 shader-f16, so WebLLM's refusal is recorded instead of a browser run.
 """
@@ -38,7 +37,7 @@ from ...families import DECODER
 from ...fsutil import read_json, write_json
 from ...layout import write_client_files
 from ...manifest import TargetInfo
-from ...recipes import QK_NORM, QKV_BIAS, read_chat_template
+from ...recipes import NOPE_LAYERS, QK_NORM, QKV_BIAS, read_chat_template
 from ..registry import ArtifactSession, ConvertContext, Converter, NoOptions, Variant, register
 from . import browser, build, quantize
 from .chat_model import DecoderShape
@@ -66,6 +65,8 @@ GROUP_QUANTIZED = ("q4f32_1", "q4f16_1")
 # context x layers x kv heads x head_dim x 2, so a 128k-context checkpoint is capped here).
 MAX_CONTEXT = 4096
 MAX_PREFILL_CHUNK = 1024
+# The architectures chat_model.py builds (Phi-3's fused projections are not mapped yet).
+CHAT_MODEL_TYPES = ("llama", "qwen2", "qwen3", "smollm3")
 ROLE_PROBES = ("\x01SYSTEM\x01", "\x01USER\x01", "\x01ASSISTANT\x01", "\x01USER2\x01")
 
 
@@ -86,7 +87,8 @@ def decoder_shape(source_config: dict[str, Any], recipe, rope: dict[str, Any], v
         rope_theta=float(rope["rope_theta"]), tie_word_embeddings=recipe.tie_word_embeddings,
         qkv_bias=QKV_BIAS in recipe.quirks, qk_norm=QK_NORM in recipe.quirks, context_window_size=context,
         prefill_chunk_size=min(context, MAX_PREFILL_CHUNK), dtype=DTYPE[variant],
-        group_quantized=variant in GROUP_QUANTIZED)
+        group_quantized=variant in GROUP_QUANTIZED,
+        rope_layers=tuple(bool(x) for x in source_config["no_rope_layers"]) if NOPE_LAYERS in recipe.quirks else None)
 
 
 def conv_template(tokenizer, eos_ids: list[int]) -> tuple[dict[str, Any], list[str]]:
@@ -229,9 +231,9 @@ def convert(ctx: ConvertContext) -> TargetInfo:
     from . import chat_model
 
     source, recipe, out, step = ctx.source, ctx.recipe, ctx.out, ctx.step
-    if recipe.architecture.model_type not in ("llama", "qwen2", "qwen3"):
-        raise ModelportError(f"the mlc target builds WebLLM chat packages for llama, qwen2 and qwen3 models, not "
-                             f"{recipe.architecture.model_type}")
+    if recipe.architecture.model_type not in CHAT_MODEL_TYPES:
+        raise ModelportError(f"the mlc target builds WebLLM chat packages for {', '.join(CHAT_MODEL_TYPES)} models, "
+                             f"not {recipe.architecture.model_type}")
     runtime = build.build_runtime(step)
     step("load checkpoint weights (causal LM)")
     torch_model = load_causal_lm_source(source)
@@ -379,7 +381,7 @@ class MLCDecoderSession(ArtifactSession):
 
 @register
 class MLCDecoder(Converter):
-    """Decoder LLMs (Llama, Qwen2, Qwen3) -> WebLLM chat packages (q0f32, q0f16, q4f32_1, q4f16_1)."""
+    """Decoder LLMs (Llama, Qwen2, Qwen3, SmolLM3) -> WebLLM chat packages (q0f32, q0f16, q4f32_1, q4f16_1)."""
 
     target = "mlc"
     family = DECODER.name
