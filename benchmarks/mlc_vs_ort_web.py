@@ -1,7 +1,7 @@
 """MLC's wasm32 CPU model library vs onnxruntime-web (wasm), same model, same token ids, one run.
 
     python benchmarks/mlc_vs_ort_web.py [--model all-minilm-l6-v2] [--repeat 3] [--threads 1]
-                                        [--mlc-variants f32,q4f32_1] [--rebuild-runtime]
+                                        [--mlc-variants f32,q4f32_1] [--webgpu] [--rebuild-runtime]
 
 Both run in Node on the CPU, batch 1, on the golden token ids of the validation corpus (24
 sentences), each timed around the model call only, after one untimed warm-up, round robin (one
@@ -10,6 +10,9 @@ pass of each per round, so load on the machine hits every row alike; medians ove
             (node_runner.mjs), single-threaded (TVM's wasm runtime has no threads)
   ort-web   onnxruntime-web's wasm backend on the ONNX target's fp32 model (bench_ort_web.mjs),
             --threads (default 1: like for like)
+  webgpu    with --webgpu: WebLLM 0.2.86 in headless Chromium running each variant's WebGPU library,
+            one embeddings.create call over the same ids (WebLLM batches them itself); SwiftShader
+            runs WebGPU on the CPU here, so this row ranks builds and says nothing about a GPU
 Also reported: a fresh emcc link of the MLC CPU library (Relax build + link), and the TVM web runtime
 build (from its cache record; --rebuild-runtime builds it again into a temporary cache to time it).
 Artifacts are converted into artifacts/<model>/{mlc,onnx} when missing.
@@ -85,6 +88,18 @@ def bench_ort(artifact: Path, inputs: list[np.ndarray], repeat: int, threads: in
     return out["seconds"], version
 
 
+def webgpu_pass(artifact: Path, variant: str) -> float:
+    """Seconds WebLLM (Chromium, WebGPU) takes to embed the corpus ids in one embeddings.create call."""
+    from modelport.reference import Golden
+    from modelport.targets.mlc import browser
+
+    golden = Golden.load(artifact)
+    result = browser.run_chromium(browser.request(artifact, variant, golden, list(golden.meta["corpus_ids"])))
+    if "ids_s" not in result:
+        raise SystemExit(f"WebLLM did not run {variant}: {result.get('fatal') or result.get('unsupported')}")
+    return result["ids_s"]
+
+
 def time_link(model: str) -> dict[str, float]:
     """Relax build + emcc link of the CPU library, fresh (what a conversion pays per library)."""
     from modelport.targets.mlc import build as mlc_build
@@ -122,6 +137,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--mlc-variants", default="f32,q4f32_1", help="MLC variants to time (comma-separated)")
+    ap.add_argument("--webgpu", action="store_true", help="add WebLLM's WebGPU rows (Chromium, SwiftShader)")
     ap.add_argument("--rebuild-runtime", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -136,6 +152,8 @@ def main() -> int:
     for _ in range(args.repeat):
         for v, runner in runners.items():
             runs[v].append(mlc_pass(runner, inputs))
+            if args.webgpu:
+                runs.setdefault(f"webgpu {v}", []).append(webgpu_pass(mlc, v))
         ort_seconds, ort_version = bench_ort(onnx, inputs, 1, args.threads)
         runs["ort"] += ort_seconds
     for runner in runners.values():
@@ -147,6 +165,7 @@ def main() -> int:
           f"round robin, medians; load average {os.getloadavg()[0]:.2f}")
     labels = {v: f"MLC {v} wasm32 CPU (TVM web runtime)" for v in variants}
     labels["ort"] = f"onnxruntime-web {ort_version} wasm fp32 ({args.threads} thread)"
+    labels.update({f"webgpu {v}": f"MLC {v} WebGPU in WebLLM (SwiftShader)" for v in variants if args.webgpu})
     for key, label in labels.items():
         med = statistics.median(runs[key])
         print(f"  {label:52s} {len(inputs) / med:8.1f} embeddings/s  {n_tokens / med:9.0f} tokens/s  "
@@ -154,6 +173,9 @@ def main() -> int:
     for v in variants:
         ratio = statistics.median(runs["ort"]) / statistics.median(runs[v])
         print(f"  MLC {v} / onnxruntime-web throughput: {ratio:.2f}x")
+        if args.webgpu:
+            ratio = statistics.median(runs["ort"]) / statistics.median(runs[f"webgpu {v}"])
+            print(f"  MLC {v} WebGPU (SwiftShader) / onnxruntime-web wasm throughput: {ratio:.2f}x")
     print(f"  MLC CPU library: torch.export -> Relax {link['import_s']}s, Relax build {link['build_s']}s, "
           f"emcc link {link['link_s']}s")
     print(f"  TVM web runtime build: {rt_s:.0f}s ({rt_how})" if rt_s else "  TVM web runtime build: unknown")

@@ -211,6 +211,23 @@ def test_variants_are_mlc_names(capsys, tmp_path: Path) -> None:
 
 # --- f16 (q0f16) ------------------------------------------------------------------------------------------
 
+def build_unscheduled(mod, output: Path) -> Path:
+    """`mod` with TVM's default wasm32 pipeline (none of build.py's passes or schedules), linked."""
+    import tvm
+    from tvm import relax
+
+    from modelport.targets.mlc import build as mlc_build
+
+    exe = relax.build(mod, target=tvm.target.Target(mlc_build.WASM32), system_lib=True)
+
+    def fcompile(out: str, objects: list[str], options: object = None, **_: object) -> None:
+        mlc_build.link(list(objects), Path(out), mlc_build.build_runtime())
+
+    fcompile.object_format = "o"  # type: ignore[attr-defined]
+    exe.export_library(str(output), fcompile=fcompile)
+    return output
+
+
 def _shard_tensors(pkg: Path) -> dict[str, np.ndarray]:
     """Every tensor of a package, decoded from params_shard_*.bin with the dtype tensor-cache.json
     declares (what WebLLM and the Node runner upload)."""
@@ -299,14 +316,7 @@ def test_f16_cpu_library_widening_is_exact(arctic_mlc: Path) -> None:
     import tvm
     from tvm import relax
 
-    fused = arctic_mlc.parent / "fused-f16-wasm32-cpu.wasm"
-    exe = relax.build(mod, target=tvm.target.Target(mlc_build.WASM32), system_lib=True)
-
-    def fcompile(out: str, objects: list[str], options: object = None, **_: object) -> None:
-        mlc_build.link(list(objects), Path(out), mlc_build.build_runtime())
-
-    fcompile.object_format = "o"  # type: ignore[attr-defined]
-    exe.export_library(str(fused), fcompile=fcompile)
+    fused = build_unscheduled(mod, arctic_mlc.parent / "fused-f16-wasm32-cpu.wasm")
     pkg = arctic_mlc / "f16"
     rng = np.random.default_rng(0)
     ids = rng.integers(1000, 20000, size=(2, 12))
@@ -510,14 +520,7 @@ def test_wasm32_cpu_schedules_keep_results_bit_for_bit(arctic_mlc: Path) -> None
              for gv, f in lowered.functions_items() if "NT_matmul" in gv.name_hint}
     assert dense and all(dense.values()), dense
 
-    default = arctic_mlc.parent / "default-f32-wasm32-cpu.wasm"
-    exe = relax.build(mod, target=tvm.target.Target(mlc_build.WASM32), system_lib=True)
-
-    def fcompile(out: str, objects: list[str], options: object = None, **_: object) -> None:
-        mlc_build.link(list(objects), Path(out), mlc_build.build_runtime())
-
-    fcompile.object_format = "o"  # type: ignore[attr-defined]
-    exe.export_library(str(default), fcompile=fcompile)
+    default = build_unscheduled(mod, arctic_mlc.parent / "default-f32-wasm32-cpu.wasm")
     rng = np.random.default_rng(0)
     ids = rng.integers(1000, 20000, size=(2, 21))
     ids[:, 0] = 101
@@ -602,3 +605,27 @@ def test_a_changed_4bit_scale_is_caught_by_the_dequantized_gate(llama_chat: Path
         failures = check_lm("w4", lm.evaluate_lm(golden, runner))
         runner.close()
         assert (not failures) is ok, failures
+
+
+def test_published_chat_package_runs_the_card_snippet_by_hub_id(llama_chat: Path, tmp_path: Path) -> None:
+    """The published chat package, served like the hub, is loaded by the model card's own snippet
+    (appConfig from the hub id, chat API); the engine it creates then generates PyTorch's greedy tokens."""
+    from modelport import lm, modelcard, publish
+    from modelport.targets.mlc import browser as mlc_browser
+
+    missing = mlc_browser.missing_prerequisites()
+    if missing:
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail("; ".join(missing))
+        pytest.skip("; ".join(missing))
+    upload = tmp_path / "upload"
+    publish.publish(llama_chat, HUB_REPO, dry_run=upload)
+    snippet = card_snippet((upload / "README.md").read_text())
+    assert "engine.chat.completions.create(" in snippet and "tiny-llama-f32-webgpu.wasm" in snippet
+    golden = lm.LMGolden.load(llama_chat)
+    result = mlc_browser.run_chromium(mlc_browser.chat_snippet_request(upload, HUB_REPO, snippet, modelcard.HUB_URL,
+                                                                       golden))
+    assert "fatal" not in result, result
+    metrics, failures = mlc_browser.compare_chat(result, golden)
+    assert failures == [] and metrics["greedy_equal"] == 5, metrics
+    assert result["off_origin_requests"] == []

@@ -51,3 +51,11 @@ def test_a_template_webllm_cannot_express_is_refused() -> None:
                 "{% if add_generation_prompt %}[{{ messages|length + 1 }}] assistant: {% endif %}")
     with pytest.raises(ModelportError, match="no chat package"):
         conv_template(Tok(numbered), [7])
+
+
+def test_a_base_model_gets_a_pass_through_template() -> None:
+    from modelport.targets.mlc.decoder import plain_template
+
+    template = plain_template([2])
+    assert "".join(webllm_prompt(template, [("user", "Once upon a time")])) == "Once upon a time"
+    assert template["stop_token_ids"] == [2]

@@ -252,15 +252,27 @@ def unsupported(result: dict[str, Any], variant: str) -> dict[str, Any]:
 CLEAR_GAP = 1e-3
 
 
-def chat_request(artifact: Path, variant: str, golden) -> dict[str, Any]:
-    """Every golden prompt: plain ones through completions.create, chat ones through
+def chat_cases(golden) -> list[dict[str, Any]]:
+    """Every golden prompt: plain ones go through completions.create, chat ones through
     chat.completions.create (WebLLM applies the package's conversation template)."""
-    cases = [{"name": p["name"], "text": p["text"], "messages": p["messages"] if p["chat"] else None,
-              "steps": golden.steps, "eos": golden.eos_ids} for p in golden.prompts]
+    return [{"name": p["name"], "text": p["text"], "messages": p["messages"] if p["chat"] else None,
+             "steps": golden.steps, "eos": golden.eos_ids} for p in golden.prompts]
+
+
+def chat_request(artifact: Path, variant: str, golden) -> dict[str, Any]:
+    """The package loaded through its own webllm-app-config.js, served like a hub repo."""
     return {"hub_repos": {LOCAL_REPO: str(artifact.resolve())},
             "entry": {"app_config": f"{hub_files_url(LOCAL_REPO)}{APP_CONFIG}"}, "page": "webllm_chat.html",
-            "model_id": f"{model_name(artifact)}-{variant}", "ids": [], "texts": [], "cases": cases,
+            "model_id": f"{model_name(artifact)}-{variant}", "ids": [], "texts": [], "cases": chat_cases(golden),
             **browser_settings()}
+
+
+def chat_snippet_request(published: Path, repo: str, snippet: str, hub_url: str, golden) -> dict[str, Any]:
+    """A published chat package (`modelport publish --dry-run`) served as hub repo `repo`, loaded by
+    running a model card's snippet as written (its `hub_url` pointed at the local server)."""
+    return {"hub_repos": {repo: str(published.resolve())}, "page": "webllm_chat.html",
+            "entry": {"snippet": snippet, "hub_url": hub_url, "exports": ["engine"]}, "model_id": None,
+            "ids": [], "texts": [], "cases": chat_cases(golden), **browser_settings()}
 
 
 def compare_chat(result: dict[str, Any], golden) -> tuple[dict[str, Any], list[str]]:

@@ -73,8 +73,10 @@ class DecoderShape:
 
 # --- the model -------------------------------------------------------------------------------------------
 
-def _modules():
-    """The nn classes (TVM imported on use: the validator image has no TVM)."""
+def _modules(gpu: bool):
+    """The nn classes (TVM imported on use: the validator image has no TVM). `gpu`: 4-bit Linear
+    layers unpack inside the matmul for one-token steps (WebGPU); the wasm32 CPU build always unpacks
+    then runs its scheduled matmul (build.wasm32_cpu_pipeline's rules match a plain matmul)."""
     from tvm import te, tirx
     from tvm.relax.frontend import nn
     from tvm.relax.frontend.nn import Tensor, op
@@ -88,18 +90,44 @@ def _modules():
         out = op.matmul(x, op.permute_dims(weight), out_dtype="float32")
         return out if out_dtype == "float32" else out.astype(x.dtype)
 
+    def element(q, s, row, col, dtype: str):
+        """Weight [row, col] of a packed q_weight / q_scale pair: (code - 7) * scale (quantize.dequantize)."""
+        per, bits, group = quantize.PER_WORD, quantize.BITS, quantize.GROUP
+        code = (q[row, col // per] >> tirx.Cast("uint32", (col % per) * bits)) & tirx.const(quantize.MASK, "uint32")
+        return (code.astype(dtype) - tirx.const(quantize.MAX_INT, dtype)) * s[row, col // group]
+
     def dequantize(q_weight: Tensor, q_scale: Tensor, dtype: str) -> Tensor:
-        """(code - 7) * scale, code j of a uint32 word in bits 4j..4j+3 (quantize.dequantize)."""
         def compute(q, s):
             rows, words = q.shape
-            per, bits, group = quantize.PER_WORD, quantize.BITS, quantize.GROUP
-            return te.compute(
-                (rows, words * per),
-                lambda i, j: (((q[i, j // per] >> tirx.Cast("uint32", (j % per) * bits))
-                               & tirx.const(2 ** bits - 1, "uint32")).astype(dtype)
-                              - tirx.const(quantize.MAX_INT, dtype)) * s[i, j // group],
-                name="dequantize")
+            return te.compute((rows, words * quantize.PER_WORD), lambda i, j: element(q, s, i, j, dtype),
+                              name="dequantize")
         return op.tensor_expr_op(compute, "dequantize", [q_weight, q_scale])
+
+    def one_row(x: Tensor) -> bool:
+        """One token per sequence (static shape [b, 1, k]): the matrix-vector case."""
+        rows = x.shape[-2]
+        return int(rows) == 1 if isinstance(rows, (int, tirx.IntImm)) else False
+
+    def dequantize_matmul(x: Tensor, q_weight: Tensor, q_scale: Tensor, dtype: str, out_dtype: str | None) -> Tensor:
+        """x @ dequantize(q_weight, q_scale).T as one reduction: the 4-bit words are read and unpacked
+        inside the matmul, never written out as a float matrix. Used on WebGPU for one-token steps,
+        where a GPU is bound by reading the weights: 0.5 byte per weight here, against 0.5 + 4 + 4
+        (unpack, write float32, read it back) for unpack-then-matmul, which would make q4f32_1 decode
+        slower than f32's 4. Prefill keeps unpack-then-matmul, which dlight's Matmul rule tiles (the
+        fused reduction is not a plain matmul to it: on SwiftShader, prefill ran at 24 tokens/s fused
+        against 120 unfused on tiny-llama q4f32_1). Same products and sums as the two-kernel form."""
+        acc = "float32"
+
+        def compute(a, q, s):
+            b, n_seq, k = a.shape
+            r = te.reduce_axis((0, k), name="k")
+            out = te.compute((b, n_seq, q.shape[0]),
+                             lambda i, j, n: te.sum(a[i, j, r].astype(acc) * element(q, s, n, r, dtype).astype(acc),
+                                                    axis=r), name="dequantize_NT_matmul")
+            if (out_dtype or dtype) == acc:
+                return out
+            return te.compute(out.shape, lambda i, j, n: out[i, j, n].astype(out_dtype or dtype), name="cast")
+        return op.tensor_expr_op(compute, "dequantize_NT_matmul", [x, q_weight, q_scale])
 
     class GroupQuantLinear(nn.Module):
         def __init__(self, in_features: int, out_features: int, bias: bool, dtype: str,
@@ -110,7 +138,10 @@ def _modules():
             self.bias = nn.Parameter((out_features,), dtype) if bias else None
 
         def forward(self, x: Tensor) -> Tensor:
-            y = matmul(x, dequantize(self.q_weight, self.q_scale, self.dtype), self.out_dtype)
+            if gpu and one_row(x):  # decode (and prefill's last-token logits): a GEMV, bound by reading weights
+                y = dequantize_matmul(x, self.q_weight, self.q_scale, self.dtype, self.out_dtype)
+            else:
+                y = matmul(x, dequantize(self.q_weight, self.q_scale, self.dtype), self.out_dtype)
             return y + self.bias if self.bias is not None else y
 
     class Linear(nn.Module):
@@ -252,7 +283,7 @@ def build_model(c: DecoderShape, target: Any, gpu: bool, validation: bool):
     """The nn.Module and its export spec. `validation` adds prefill_logits (every position)."""
     from tvm import relax
 
-    nn, op, te, Tensor, PagedKVCache, Trunk, linear = _modules()
+    nn, op, te, Tensor, PagedKVCache, Trunk, linear = _modules(gpu)
     from tvm.relax.frontend.nn.llm.kv_cache import RopeMode, TIRPagedKVCache
 
     def last_token(x: Tensor) -> Tensor:

@@ -153,6 +153,15 @@ def conv_template(tokenizer, eos_ids: list[int]) -> tuple[dict[str, Any], list[s
     return template, notes
 
 
+def plain_template(eos_ids: list[int]) -> dict[str, Any]:
+    """A base model's template (no chat template): text in, text out, as mlc-llm's "LM" template."""
+    return {"name": "LM", "system_template": "{system_message}", "system_message": "",
+            "system_prefix_token_ids": None, "add_role_after_system_message": True,
+            "render_empty_system_message": False, "roles": {"user": "", "assistant": ""}, "role_templates": {},
+            "messages": [], "seps": [""], "role_content_sep": "", "role_empty_sep": "", "stop_str": [],
+            "stop_token_ids": list(eos_ids)}
+
+
 def _between(rendered: str, template: str) -> str:
     """The system message `template` ("...{system_message}...") rendered into `rendered`."""
     head, _, tail = template.partition("{system_message}")
@@ -242,9 +251,11 @@ def convert(ctx: ConvertContext) -> TargetInfo:
     del torch_model
     tokenizer = load_tokenizer(source)
     if read_chat_template(source.path) is None:
-        raise ModelportError(f"{source.name} has no chat template: a WebLLM chat package needs one (its conversation "
-                             f"template is derived from it)")
-    template, notes = conv_template(tokenizer, recipe.eos_token_id)
+        template = plain_template(recipe.eos_token_id)
+        notes = ["no chat template in the checkpoint: the package's conversation template passes text through "
+                 "unchanged (use WebLLM's completions API; chat messages are concatenated without roles)"]
+    else:
+        template, notes = conv_template(tokenizer, recipe.eos_token_id)
     generation = read_json(source.path / "generation_config.json") if (source.path / "generation_config.json").is_file() else {}
     (out / "libs").mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {}

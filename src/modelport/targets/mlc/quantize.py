@@ -38,6 +38,8 @@ GROUP = 32
 BITS = 4
 PER_WORD = 32 // BITS  # eight 4-bit values in one uint32
 MAX_INT = 2 ** (BITS - 1) - 1  # 7: a stored q in [0, 14] means (q - 7) * scale
+MASK = 2 ** BITS - 1
+SHIFTS = BITS * np.arange(PER_WORD, dtype=np.uint32)  # value j of a word sits at bits 4j..4j+3
 
 
 def quantizable(shape: tuple[int, ...]) -> bool:
@@ -62,16 +64,14 @@ def quantize(weight: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     n, k = w.shape
     ort = numerics.quantize(w, BITS, GROUP, "rtn_sym")
     scale = (-ort.scales).astype(dtype)
-    codes = (2 ** BITS - 1 - ort.codes.astype(np.uint32)).reshape(n, k // PER_WORD, PER_WORD)
-    shifts = BITS * np.arange(PER_WORD, dtype=np.uint32)
-    packed = np.bitwise_or.reduce(codes << shifts, axis=-1).astype(np.uint32)
+    codes = (MASK - ort.codes.astype(np.uint32)).reshape(n, k // PER_WORD, PER_WORD)
+    packed = np.bitwise_or.reduce(codes << SHIFTS, axis=-1).astype(np.uint32)
     return packed, scale
 
 
 def unpack(q_weight: np.ndarray) -> np.ndarray:
     """The 4-bit values q [n, k] (uint32 0..15) of a packed [n, k/8] weight."""
-    shifts = (BITS * np.arange(PER_WORD, dtype=np.uint32))
-    values = (q_weight[..., None] >> shifts) & np.uint32(2 ** BITS - 1)
+    values = (q_weight[..., None] >> SHIFTS) & np.uint32(MASK)
     return values.reshape(*q_weight.shape[:-1], q_weight.shape[-1] * PER_WORD)
 
 
@@ -93,7 +93,7 @@ def _modules():
 
     def dequant(q: torch.Tensor, scale: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
         # q [..., k/8] uint32 -> [..., k] in the scale's dtype; the same ops as `dequantize` above
-        values = ((q.unsqueeze(-1) >> shifts) & (2 ** BITS - 1)).reshape(*q.shape[:-1], q.shape[-1] * PER_WORD)
+        values = ((q.unsqueeze(-1) >> shifts) & MASK).reshape(*q.shape[:-1], q.shape[-1] * PER_WORD)
         values = values.to(scale.dtype) - MAX_INT
         grouped = values.reshape(*values.shape[:-1], values.shape[-1] // GROUP, GROUP) * scale.unsqueeze(-1)
         return grouped.reshape(values.shape)
@@ -105,8 +105,7 @@ def _modules():
             self.q_weight = torch.nn.Parameter(torch.from_numpy(packed), requires_grad=False)
             self.q_scale = torch.nn.Parameter(torch.from_numpy(scale), requires_grad=False)
             # a constant of the graph, not a parameter of the package
-            self.register_buffer("shifts", torch.from_numpy(BITS * np.arange(PER_WORD, dtype=np.uint32)),
-                                 persistent=False)
+            self.register_buffer("shifts", torch.from_numpy(SHIFTS.copy()), persistent=False)
 
         def dequantized(self) -> np.ndarray:
             return dequantize(self.q_weight.numpy(), self.q_scale.numpy())

@@ -11,8 +11,9 @@
 //                chromium, chromium_flags, timeout_s, page (default webllm_check.html; webllm_chat.html: chat
 //                packages, with `cases`)}
 // entry: {app_config: "/<org>/<name>/resolve/main/webllm-app-config.js"} (texts already wrapped)
-//     or {snippet: "<the card's JS>", hub_url: "https://huggingface.co"} (texts wrapped by the
-//        snippet's own withSpecialTokens; it must define `engine` and `withSpecialTokens`)
+//     or {snippet: "<the card's JS>", hub_url: "https://huggingface.co", exports} (texts wrapped by the
+//        snippet's own withSpecialTokens; it must define the `exports` names, default `engine` and
+//        `withSpecialTokens`; a chat card's snippet exports `engine` only)
 import puppeteer from "puppeteer-core";
 import http from "node:http";
 import fs from "node:fs";
@@ -43,7 +44,8 @@ function resolveUrl(urlPath) {
 // The card's snippet as a module: its hub URL replaced by this server's origin, and the two names
 // the page uses exported (a snippet without them fails to load: the check cannot pass silently).
 function snippetModule(entry, origin) {
-  return `${entry.snippet.replaceAll(entry.hub_url, origin)}\nexport { engine, withSpecialTokens };\n`;
+  const names = (entry.exports || ["engine", "withSpecialTokens"]).join(", ");
+  return `${entry.snippet.replaceAll(entry.hub_url, origin)}\nexport { ${names} };\n`;
 }
 
 // What the server writes itself: the page's request, and the snippet module for a "snippet" entry.
