@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -69,6 +69,9 @@ class DecoderShape:
     # quirk nope-layers (SmolLM3): which layers rotate q/k. None: every layer, and the KV cache applies
     # RoPE itself (RopeMode.NORMAL); a tuple: the model rotates those layers and the cache none.
     rope_layers: tuple[bool, ...] | None = None
+    # TVM's rope_scaling dict (position_embedding.switch_rope_freq_func): {} for the default RoPE,
+    # {"rope_type": "llama3", factor, low/high_freq_factor, original_max_position_embeddings} for Llama 3
+    rope_scaling: dict[str, Any] = field(default_factory=dict)
 
 
 # --- the model -------------------------------------------------------------------------------------------
@@ -236,7 +239,7 @@ def _modules(gpu: bool):
         b, s, heads, d = qkv.shape
         hq, hkv = c.num_attention_heads, c.num_key_value_heads
         positions = kv.get_query_positions(b * s)
-        func = llama_rope_with_position_map(c.rope_theta, 1.0, d, hq, hkv, c.dtype, {})
+        func = llama_rope_with_position_map(c.rope_theta, 1.0, d, hq, hkv, c.dtype, dict(c.rope_scaling))
         # apply_rope (its last parameter) fixed to 1; private: the cache registers its own "fused_rope"
         func = func.specialize({func.params[-1]: tirx.IntImm("int64", 1)}).without_attr("global_symbol")
         q, k, v = op.tensor_ir_op(func, "rope_with_position_map", [op.reshape(qkv, (b * s, heads, d)), positions],
@@ -328,7 +331,7 @@ def build_model(c: DecoderShape, target: Any, gpu: bool, validation: bool):
                 mla_original_v_head_dim=0,
                 rope_mode=RopeMode.NORMAL if c.rope_layers is None else RopeMode.NONE, rope_scale=1,
                 rope_theta=c.rope_theta,
-                rope_scaling={}, rope_ext_factors=relax.prim_value(0), rotary_dim=c.head_dim,
+                rope_scaling=dict(c.rope_scaling), rope_ext_factors=relax.prim_value(0), rotary_dim=c.head_dim,
                 enable_disaggregation=False, dtype=c.dtype, target=target)
 
         def softmax_with_temperature(self, logits: Tensor, temperature: Tensor):

@@ -67,6 +67,12 @@ MAX_CONTEXT = 4096
 MAX_PREFILL_CHUNK = 1024
 # The architectures chat_model.py builds (Phi-3's fused projections are not mapped yet).
 CHAT_MODEL_TYPES = ("llama", "qwen2", "qwen3", "smollm3")
+# RoPE types TVM's paged KV cache computes (position_embedding.switch_rope_freq_func), with the
+# transformers rope_parameters keys each one reads (the same names in both).
+ROPE_SCALING_KEYS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
 ROLE_PROBES = ("\x01SYSTEM\x01", "\x01USER\x01", "\x01ASSISTANT\x01", "\x01USER2\x01")
 
 
@@ -75,9 +81,12 @@ ROLE_PROBES = ("\x01SYSTEM\x01", "\x01USER\x01", "\x01ASSISTANT\x01", "\x01USER2
 def decoder_shape(source_config: dict[str, Any], recipe, rope: dict[str, Any], variant: str) -> DecoderShape:
     """The Relax model's shape from the checkpoint, its quirks and the rotary settings transformers
     computes with (`rope`: the model's resolved rope_parameters)."""
-    if rope.get("rope_type", "default") != "default":
-        raise ModelportError(f"rope type {rope['rope_type']!r} is not converted to WebLLM yet (only the default "
-                             f"rotary embedding): use -t onnx or -t mlx for this model")
+    rope_type = rope.get("rope_type", "default")
+    if rope_type not in ROPE_SCALING_KEYS:
+        raise ModelportError(f"rope type {rope_type!r} is not converted to WebLLM yet (default and llama3 are): use "
+                             f"-t onnx or -t mlx for this model")
+    scaling = {"rope_type": rope_type, **{k: rope[k] for k in ROPE_SCALING_KEYS[rope_type]}} if ROPE_SCALING_KEYS[rope_type] \
+        else {}
     context = min(recipe.max_length, MAX_CONTEXT)
     return DecoderShape(
         model_type=recipe.architecture.model_type, vocab_size=recipe.vocab_size, hidden_size=recipe.hidden_size,
@@ -88,7 +97,8 @@ def decoder_shape(source_config: dict[str, Any], recipe, rope: dict[str, Any], v
         qkv_bias=QKV_BIAS in recipe.quirks, qk_norm=QK_NORM in recipe.quirks, context_window_size=context,
         prefill_chunk_size=min(context, MAX_PREFILL_CHUNK), dtype=DTYPE[variant],
         group_quantized=variant in GROUP_QUANTIZED,
-        rope_layers=tuple(bool(x) for x in source_config["no_rope_layers"]) if NOPE_LAYERS in recipe.quirks else None)
+        rope_layers=tuple(bool(x) for x in source_config["no_rope_layers"]) if NOPE_LAYERS in recipe.quirks else None,
+        rope_scaling=scaling)
 
 
 def conv_template(tokenizer, eos_ids: list[int]) -> tuple[dict[str, Any], list[str]]:
@@ -235,6 +245,8 @@ def app_config_js(model: str, variants: list[str]) -> str:
 
 
 def convert(ctx: ConvertContext) -> TargetInfo:
+    import tvm
+
     from ... import lm
     from ...torch_model import load_causal_lm_source, load_tokenizer
     from . import chat_model
@@ -272,7 +284,10 @@ def convert(ctx: ConvertContext) -> TargetInfo:
             if not values:
                 values, dequantized = chat_model.parameters(c, names, state)
                 write_tensors(values, pkg)
-            timings[kind] = build.build_library(mod, kind, lib_path(out, source.name, name, kind), runtime)
+            # TIR common-subexpression elimination breaks the Let-bound frequencies of llama3 RoPE
+            # ("variable cse_v23 has been used before definition", apache-tvm 0.27): off for chat builds
+            with tvm.transform.PassContext(config={"tirx.disable_cse_tir": True}):
+                timings[kind] = build.build_library(mod, kind, lib_path(out, source.name, name, kind), runtime)
         tok_files = [f for f in ("tokenizer.json", "tokenizer_config.json") if (pkg / f).is_file()]
         write_json(pkg / "mlc-chat-config.json",
                    chat_config(c, name, template, generation, tok_files, recipe.eos_token_id, tokenizer.pad_token_id))
