@@ -562,6 +562,8 @@ def test_chat_package_passes_in_node_and_in_webllm(llama_chat: Path) -> None:
         assert web["greedy_equal"] == web["prompts"] == 5
         assert all(c["prompt_ids_equal"] and c["compared"] == 16 for c in web["cases"].values()), web["cases"]
         assert web["decode_tokens_per_s_median"] > 0
+        # argsort_probs (on WebGPU our bitonic kernel), element by element on a row with ties
+        assert web["argsort"] == {"n": 512, "equal": True, "first_difference": -1}, web["argsort"]
 
 
 def test_chat_package_is_what_webllm_loads(llama_chat: Path) -> None:

@@ -59,3 +59,28 @@ def test_a_base_model_gets_a_pass_through_template() -> None:
     template = plain_template([2])
     assert "".join(webllm_prompt(template, [("user", "Once upon a time")])) == "Once upon a time"
     assert template["stop_token_ids"] == [2]
+
+
+def _recipe():
+    from types import SimpleNamespace
+
+    from modelport.recipes import ARCHITECTURES
+
+    return SimpleNamespace(architecture=ARCHITECTURES["llama"], max_length=131072, vocab_size=512, hidden_size=128,
+                           num_layers=2, num_attention_heads=4, num_kv_heads=2, head_dim=32, tie_word_embeddings=False,
+                           quirks=ARCHITECTURES["llama"].quirks)
+
+
+def test_rope_types_webllm_packages_carry() -> None:
+    from modelport.targets.mlc.decoder import MAX_CONTEXT, decoder_shape
+
+    config = {"intermediate_size": 256, "rms_norm_eps": 1e-5}
+    llama3 = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    shape = decoder_shape(config, _recipe(), llama3, "q4f16_1")
+    assert shape.rope_scaling == {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    assert shape.dtype == "float16" and shape.group_quantized and shape.context_window_size == MAX_CONTEXT
+    assert decoder_shape(config, _recipe(), {"rope_type": "default", "rope_theta": 1e4}, "f32").rope_scaling == {}
+    with pytest.raises(ModelportError, match="rope type 'yarn' is not converted to WebLLM yet"):
+        decoder_shape(config, _recipe(), {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}, "f32")

@@ -300,8 +300,11 @@ def compare_chat(result: dict[str, Any], golden) -> tuple[dict[str, Any], list[s
                             f"{ref[:clear]} (first {clear} steps, top-2 gap >= {CLEAR_GAP:g})")
     if result.get("off_origin_requests"):
         failures.append(f"WebLLM requested other origins: {result['off_origin_requests'][:3]}")
+    argsort = result.get("argsort") or {}
+    if not argsort.get("equal"):
+        failures.append(f"the library's argsort_probs differs from a reference sort in WebLLM: {argsort}")
     rates = [c for c in result["cases"] if c.get("decode_tokens_per_s")]
-    metrics = {"cases": cases, "greedy_equal": sum(c["tokens_equal"] for c in cases.values()),
+    metrics = {"cases": cases, "greedy_equal": sum(c["tokens_equal"] for c in cases.values()), "argsort": argsort,
                "prompts": len(cases), "chromium": result.get("chromium"), "adapter": result.get("adapter"),
                "load_s": round(result.get("load_s", 0.0), 1),
                "decode_tokens_per_s_median": float(np.median([c["decode_tokens_per_s"] for c in rates])) if rates else None,
