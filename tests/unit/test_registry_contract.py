@@ -24,7 +24,7 @@ def test_every_target_and_family_is_registered() -> None:
     assert set(TARGETS) == {"onnx", "coreml", "mlx", "mlc"}
     assert set(PAIRS) == {("onnx", "sentence-encoder"), ("onnx", "causal-lm"), ("coreml", "sentence-encoder"),
                           ("coreml", "causal-lm"), ("mlx", "sentence-encoder"), ("mlx", "causal-lm"),
-                          ("mlc", "sentence-encoder")} | {
+                          ("mlc", "sentence-encoder"), ("mlc", "causal-lm")} | {
         (target, family) for target in ("onnx", "coreml", "mlx")
         for family in ("decoder-embedder", "multi-vector-encoder")}
     for _, family in PAIRS:
@@ -127,7 +127,7 @@ def test_registry_refuses_duplicates_and_undeclared_targets() -> None:
 def test_refusals_name_the_targets_that_do() -> None:
     with pytest.raises(ModelportError, match=r"target 'mlc' does not convert multi-vector-encoder models.*targets that do: "
                                              r"onnx, coreml, mlx"):
-        REGISTRY.converter_class("mlc", "multi-vector")
+        REGISTRY.converter_class("mlc", "multi-vector-encoder")
     with pytest.raises(ModelportError, match="unknown target 'gguf'; available: onnx"):
         REGISTRY.converter_class("gguf", "causal-lm")
 
