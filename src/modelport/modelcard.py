@@ -20,6 +20,7 @@ from typing import Any
 
 from . import families
 from .families.cards import mb
+from .recipes import CAUSAL_LM
 
 HUB_URL = "https://huggingface.co"
 # The hub's library id of each target's artifacts (front matter `library_name`).
@@ -106,23 +107,27 @@ class SnippetUnavailable(Exception):
 def webllm_fields(target: dict[str, Any], variant: str) -> dict[str, str]:
     """What WebLLM's ModelRecord needs, as the mlc converter recorded it: the variant's package
     folder (ModelRecord.model) and its WebGPU library (model_lib), both repo paths, and the special
-    tokens to wrap texts in (WebLLM's tokenizer adds none: raw texts would embed without them)."""
+    tokens to wrap texts in (WebLLM's tokenizer adds none: raw texts would embed without them; a chat
+    package needs none: its conversation template writes them)."""
     entry = target["variants"][variant]
-    missing = [name for name, recorded in (("target.special_tokens", "special_tokens" in target),
+    embedding = target.get("family") != CAUSAL_LM  # chat packages: WebLLM's conversation template adds them
+    missing = [name for name, recorded in (("target.special_tokens", "special_tokens" in target or not embedding),
                                            (f"the model_lib of variant {variant}", "model_lib" in entry))
                if not recorded]
     if missing:
         raise SnippetUnavailable(f"manifest.json does not record {' or '.join(missing)}")
-    specials = target["special_tokens"]
-    return {
+    fields = {
         "package_dir": entry["file"].rsplit("/", 1)[0],
         "model_lib": entry["model_lib"],
         # WebLLM checks these against the device before loading (f16, q4f16_1: shader-f16)
         "required_features": (f"\n    required_features: {json.dumps(entry['required_features'])},"
                               if entry.get("required_features") else ""),
-        "special_prefix": json.dumps("".join(f"{t} " for t in specials["prefix"])),
-        "special_suffix": json.dumps("".join(f" {t}" for t in specials["suffix"])),
     }
+    if embedding:
+        specials = target["special_tokens"]
+        fields["special_prefix"] = json.dumps("".join(f"{t} " for t in specials["prefix"]))
+        fields["special_suffix"] = json.dumps("".join(f" {t}" for t in specials["suffix"]))
+    return fields
 
 
 # Snippet fields only one target's cards use, from what its converter records in the manifest.
