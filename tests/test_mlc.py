@@ -338,11 +338,7 @@ def test_f16_in_chromium_is_reported_not_run_without_shader_f16(arctic_mlc: Path
     shader-f16 the same call runs WebLLM and gates on the fp16 thresholds instead."""
     from modelport.targets.mlc import browser as mlc_browser
 
-    missing = mlc_browser.missing_prerequisites()
-    if missing:
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail("; ".join(missing))
-        pytest.skip("; ".join(missing))
+    require_browser()
     result = mlc_browser.validate_in_chromium(arctic_mlc, "f16", Golden.load(arctic_mlc))
     check = result["webllm_chromium"]
     if "shader-f16" in check.get("adapter", {}).get("features", []) or "by_ids" in check:
@@ -374,6 +370,17 @@ def test_webllm_in_chromium_matches_pytorch(minilm_mlc: Path) -> None:
 HUB_REPO = "someone/tiny-bert-arctic-mlc"
 
 
+def require_browser() -> None:
+    """Skip (locally) or fail (CI=true) when Chromium or the npm packages are missing."""
+    from modelport.targets.mlc import browser as mlc_browser
+
+    missing = mlc_browser.missing_prerequisites()
+    if missing:
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail("; ".join(missing))
+        pytest.skip("; ".join(missing))
+
+
 def card_snippet(card: str) -> str:
     """The JavaScript of a model card's usage section."""
     blocks = re.findall(r"^```js\n(.*?)^```", card, re.DOTALL | re.MULTILINE)
@@ -390,11 +397,7 @@ def test_published_package_loads_by_hub_id_with_the_card_snippet(arctic_mlc: Pat
     from modelport import modelcard, publish
     from modelport.targets.mlc import browser as mlc_browser
 
-    missing = mlc_browser.missing_prerequisites()
-    if missing:
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail("; ".join(missing))
-        pytest.skip("; ".join(missing))
+    require_browser()
     upload = tmp_path / "upload"
     published = publish.publish(arctic_mlc, HUB_REPO, dry_run=upload)
     assert {"f32/mlc-chat-config.json", "f32/tensor-cache.json", "f32/tokenizer.json",
@@ -484,11 +487,7 @@ def test_q4f32_1_in_webllm_chromium(arctic_mlc: Path) -> None:
     """WebLLM loads the uint32 4-bit package and its WebGPU kernels (SwiftShader) dequantize like PyTorch."""
     from modelport.targets.mlc import browser as mlc_browser
 
-    missing = mlc_browser.missing_prerequisites()
-    if missing:
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail("; ".join(missing))
-        pytest.skip("; ".join(missing))
+    require_browser()
     golden = Golden.load(arctic_mlc)
     result = mlc_browser.validate_in_chromium(arctic_mlc, "q4f32_1", golden)
     check = result["webllm_chromium"]
@@ -615,11 +614,7 @@ def test_published_chat_package_runs_the_card_snippet_by_hub_id(llama_chat: Path
     from modelport import lm, modelcard, publish
     from modelport.targets.mlc import browser as mlc_browser
 
-    missing = mlc_browser.missing_prerequisites()
-    if missing:
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail("; ".join(missing))
-        pytest.skip("; ".join(missing))
+    require_browser()
     upload = tmp_path / "upload"
     publish.publish(llama_chat, HUB_REPO, dry_run=upload)
     snippet = card_snippet((upload / "README.md").read_text())

@@ -56,3 +56,23 @@ def leading_cells(man: dict[str, Any], name: str, result: dict[str, Any]) -> lis
 
 
 LEADING_HEAD = ["variant", "precision", "verdict", "size"]
+
+
+def webllm_engine(model_type: str) -> str:
+    """The start of every WebLLM card snippet (a str.format template like the rest): the appConfig
+    record of the variant's package folder and model library in this hub repo, and the engine.
+    `model_type`: WebLLM's ModelType value and comment."""
+    return ('''import {{ CreateMLCEngine }} from "@mlc-ai/web-llm";
+
+// This repo's files; WebLLM appends resolve/main/ only to a model URL without /resolve/<revision>/.
+const files = "{hub_url}/{repo}/resolve/main/";
+const appConfig = {{
+  model_list: [{{
+    model: files + "{package_dir}/",  // the {variant} package: chat config, tensor cache, tokenizer
+    model_id: "{model_id}",
+    model_lib: files + "{model_lib}",  // its WebGPU model library{required_features}
+    model_type: ''' + model_type + '''
+  }}],
+}};
+const engine = await CreateMLCEngine("{model_id}", {{ appConfig }});
+''')

@@ -20,7 +20,7 @@ from .. import kld, lm
 from ..recipes import CAUSAL_LM
 from ..thresholds import LM_THRESHOLDS, check_kld, check_lm
 from .base import Family, Judgement, Progress
-from .cards import LEADING_HEAD, TargetCard, leading_cells, num, table
+from .cards import LEADING_HEAD, TargetCard, leading_cells, num, table, webllm_engine
 
 
 class DecoderFamily(Family):
@@ -240,20 +240,7 @@ print(generate(model, tokenizer, prompt=prompt, max_tokens=64))""",
     ),
     "mlc": TargetCard(
         "WebLLM (browser, WebGPU)", "js",
-        """\
-import {{ CreateMLCEngine }} from "@mlc-ai/web-llm";
-
-// This repo's files; WebLLM appends resolve/main/ only to a model URL without /resolve/<revision>/.
-const files = "{hub_url}/{repo}/resolve/main/";
-const appConfig = {{
-  model_list: [{{
-    model: files + "{package_dir}/",  // the {variant} package: chat config, tensor cache, tokenizer
-    model_id: "{model_id}",
-    model_lib: files + "{model_lib}",  // its WebGPU model library{required_features}
-    model_type: 0, // ModelType.LLM
-  }}],
-}};
-const engine = await CreateMLCEngine("{model_id}", {{ appConfig }});
+        webllm_engine("0, // ModelType.LLM") + """\
 // WebLLM builds the prompt from the package's conversation template (derived from the chat template)
 const reply = await engine.chat.completions.create({{
   messages: [{{ role: "user", content: "What is the capital of France?" }}], temperature: 0, max_tokens: 64,

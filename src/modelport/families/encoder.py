@@ -24,7 +24,7 @@ from ..recipes import DECODER_EMBEDDER, SENTENCE_ENCODER
 from ..reference import NO_PROMPT, Golden
 from ..thresholds import THRESHOLDS, check
 from .base import Family, Judgement, Progress
-from .cards import LEADING_HEAD, TargetCard, leading_cells, num, table
+from .cards import LEADING_HEAD, TargetCard, leading_cells, num, table, webllm_engine
 
 # A runner maps input arrays (by name) to the golden's outputs, in golden.meta["outputs"] order:
 # (last_hidden_state, sentence_embedding[, sparse_weights, colbert_vectors]).
@@ -247,20 +247,7 @@ hidden = model(ids, mask, {mlx_token_types})
     ),
     "mlc": TargetCard(
         "WebLLM (browser, WebGPU)", "js",
-        """\
-import {{ CreateMLCEngine }} from "@mlc-ai/web-llm";
-
-// This repo's files; WebLLM appends resolve/main/ only to a model URL without /resolve/<revision>/.
-const files = "{hub_url}/{repo}/resolve/main/";
-const appConfig = {{
-  model_list: [{{
-    model: files + "{package_dir}/",  // the {variant} package: chat config, tensor cache, tokenizer
-    model_id: "{model_id}",
-    model_lib: files + "{model_lib}",  // its WebGPU model library{required_features}
-    model_type: 1, // ModelType.embedding
-  }}],
-}};
-const engine = await CreateMLCEngine("{model_id}", {{ appConfig }});
+        webllm_engine("1, // ModelType.embedding") + """\
 
 // WebLLM's tokenizer adds no special tokens: add the ones the model was trained with, or the
 // embeddings are silently wrong. A wrapped text over {max_length} tokens loses its last token: truncate first.

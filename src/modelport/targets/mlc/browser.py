@@ -92,6 +92,38 @@ def wrap(text: str, specials: dict[str, Any]) -> str:
     return " ".join([*specials["prefix"], text, *specials["suffix"]])
 
 
+def not_runnable() -> dict[str, Any] | None:
+    """The check's result when it cannot run (MODELPORT_MLC_BROWSER=off, missing Chromium or npm
+    packages: a failure only under `require`), else None."""
+    mode = os.environ.get("MODELPORT_MLC_BROWSER", "auto")
+    if mode == "off":
+        return {"webllm_chromium": {"status": "not run (MODELPORT_MLC_BROWSER=off)"}}
+    missing = missing_prerequisites()
+    if missing:
+        why = "; ".join(missing) + " (run scripts/setup-mlc.sh)"
+        fail = [f"WebLLM Chromium check required but: {why}"] if mode == "require" else []
+        return {"webllm_chromium": {"status": f"not run: {why}"}, "browser_failures": fail}
+    return None
+
+
+def fatal(result: dict[str, Any]) -> dict[str, Any]:
+    """WebLLM (or the page, or Chromium) failed: an error with the console's last lines."""
+    return {"webllm_chromium": {"status": "error", "reason": result["fatal"],
+                                "console_tail": result.get("console_tail", [])[-10:]},
+            "browser_failures": [f"WebLLM in Chromium failed: {result['fatal'][:300]}"]}
+
+
+def merge(result: dict[str, Any], check: dict[str, Any], variant: str, notes: list[str]) -> dict[str, Any]:
+    """A session's extra_metrics `result` with a browser check folded in: its failures fail the
+    variant, and a check that did not run is said in the report's notes (`notes`, appended)."""
+    result.update(check)
+    result["failures"] += result.pop("browser_failures", [])
+    status = result["webllm_chromium"].get("status", "")
+    if status.startswith("not run"):
+        notes.append(f"{variant}: WebLLM Chromium check {status}")
+    return result
+
+
 def request(artifact: Path, variant: str, golden, chosen: list[int]) -> dict[str, Any]:
     """Load the artifact through its own webllm-app-config.js, served like a hub repo; texts wrapped
     in the special tokens the manifest records."""
@@ -168,20 +200,13 @@ def compare(result: dict[str, Any], golden, precision: str, chosen: list[int]) -
 
 def validate_in_chromium(artifact: Path, variant: str, golden) -> dict[str, Any]:
     """{"webllm_chromium": metrics or why it did not run, "browser_failures": [...]}."""
-    mode = os.environ.get("MODELPORT_MLC_BROWSER", "auto")
-    if mode == "off":
-        return {"webllm_chromium": {"status": "not run (MODELPORT_MLC_BROWSER=off)"}}
-    missing = missing_prerequisites()
-    if missing:
-        why = "; ".join(missing) + " (run scripts/setup-mlc.sh)"
-        fail = [f"WebLLM Chromium check required but: {why}"] if mode == "require" else []
-        return {"webllm_chromium": {"status": f"not run: {why}"}, "browser_failures": fail}
+    skipped = not_runnable()
+    if skipped:
+        return skipped
     chosen = chosen_texts(golden, max_tokens())
     result = run_chromium(request(artifact, variant, golden, chosen))
     if "fatal" in result:
-        return {"webllm_chromium": {"status": "error", "reason": result["fatal"],
-                                    "console_tail": result.get("console_tail", [])[-10:]},
-                "browser_failures": [f"WebLLM in Chromium failed: {result['fatal'][:300]}"]}
+        return fatal(result)
     if "unsupported" in result:
         return unsupported(result, variant)
     metrics, failures = compare(result, golden, VARIANTS[variant].precision, chosen)
@@ -319,21 +344,14 @@ def validate_chat_in_chromium(artifact: Path, variant: str, golden) -> dict[str,
     check gates it on), the fp32 variant with the fp32 golden."""
     from ...lm import LMGolden, golden_name
 
-    mode = os.environ.get("MODELPORT_MLC_BROWSER", "auto")
-    if mode == "off":
-        return {"webllm_chromium": {"status": "not run (MODELPORT_MLC_BROWSER=off)"}}
-    missing = missing_prerequisites()
-    if missing:
-        why = "; ".join(missing) + " (run scripts/setup-mlc.sh)"
-        fail = [f"WebLLM Chromium check required but: {why}"] if mode == "require" else []
-        return {"webllm_chromium": {"status": f"not run: {why}"}, "browser_failures": fail}
+    skipped = not_runnable()
+    if skipped:
+        return skipped
     entry = read_json(artifact / "manifest.json")["target"]["variants"][variant]
     against = LMGolden.load(artifact, golden_name(variant)) if "dequantized_reference" in entry else golden
     result = run_chromium(chat_request(artifact, variant, against))
     if "fatal" in result:
-        return {"webllm_chromium": {"status": "error", "reason": result["fatal"],
-                                    "console_tail": result.get("console_tail", [])[-10:]},
-                "browser_failures": [f"WebLLM in Chromium failed: {result['fatal'][:300]}"]}
+        return fatal(result)
     if "unsupported" in result:
         return unsupported(result, variant)
     metrics, failures = compare_chat(result, against)

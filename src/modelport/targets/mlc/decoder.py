@@ -22,17 +22,15 @@ shader-f16, so WebLLM's refusal is recorded instead of a browser run.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import io
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...errors import ModelportError, ToolchainError
+from ...errors import ModelportError
 from ...families import DECODER
 from ...fsutil import read_json, write_json
 from ...layout import write_client_files
@@ -41,8 +39,9 @@ from ...recipes import NOPE_LAYERS, QK_NORM, QKV_BIAS, read_chat_template
 from ..registry import ArtifactSession, ConvertContext, Converter, NoOptions, Variant, register
 from . import browser, build, quantize
 from .chat_model import DecoderShape
-from .encoder import REQUIRED_FEATURES, model_parameters, node, runtime_versions
-from .layout import APP_CONFIG, JS, lib_path, package_dir
+from .encoder import REQUIRED_FEATURES, model_parameters, runtime_versions
+from .node_process import NodeProcess
+from .layout import APP_CONFIG, lib_path, package_dir
 
 LM_VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -322,7 +321,7 @@ def _tvm_version() -> str:
 
 # --- validation: the wasm32 CPU library in Node, through the paged KV cache --------------------------------
 
-class NodeLMRunner:
+class NodeLMRunner(NodeProcess):
     """lm.LMRunner over js/lm_runner.mjs: one Node process, one sequence in its KV cache at a time.
 
     `prefill` clears the cache and starts sequence 0 (prefill_logits: every position's logits, in
@@ -330,44 +329,20 @@ class NodeLMRunner:
     a decode on anything but the latest state is refused (the cache has moved on)."""
 
     def __init__(self, wasm: Path, pkg: Path) -> None:
-        self.proc = subprocess.Popen([node(), str(JS / "lm_runner.mjs"), str(wasm.resolve()), str(pkg.resolve())],
-                                     cwd=JS, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        atexit.register(self.close)
-        ready = self.proc.stdout.readline()
-        if not ready.startswith(b'{"ready"'):
-            err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None else ""
-            raise ToolchainError(f"the Node LM runner did not start: {(ready.decode(errors='replace') + err)[-1500:]}")
-        self.context = json.loads(ready)["context_window_size"]
-        self.seconds = 0.0
+        super().__init__("lm_runner.mjs", wasm, pkg, "LM runner")
+        self.context = self.ready["context_window_size"]
         self.sequence = 0
 
-    def _call(self, request: dict[str, Any]) -> np.ndarray:
-        self.proc.stdin.write((json.dumps(request) + "\n").encode())
-        self.proc.stdin.flush()
-        header = json.loads(self.proc.stdout.readline() or b'{"error": "Node LM runner exited"}')
-        if "error" in header:
-            raise ToolchainError(f"wasm32 CPU library failed in Node: {header['error']}")
-        self.seconds += header["seconds"]
-        n = int(np.prod(header["shape"])) * 4
-        return np.frombuffer(self.proc.stdout.read(n), dtype="<f4").reshape(header["shape"]).copy()
-
     def prefill(self, input_ids: np.ndarray) -> tuple[np.ndarray, int]:
-        logits = self._call({"op": "prefill", "ids": np.asarray(input_ids).reshape(-1).astype(int).tolist()})
+        _, (logits,) = self.request({"op": "prefill", "ids": np.asarray(input_ids).reshape(-1).astype(int).tolist()})
         self.sequence += 1
         return logits, self.sequence
 
     def decode(self, state: int, token: int) -> tuple[np.ndarray, int]:
         if state != self.sequence:
             raise ModelportError("NodeLMRunner.decode: the KV cache holds a later sequence than this state")
-        return self._call({"op": "decode", "token": int(token)}), self.sequence
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        _, (logits,) = self.request({"op": "decode", "token": int(token)})
+        return logits, self.sequence
 
 
 class MLCDecoderSession(ArtifactSession):
@@ -390,14 +365,9 @@ class MLCDecoderSession(ArtifactSession):
         result: dict[str, Any] = {"failures": []}
         node_runner = self.runners.pop(variant, None)
         if node_runner is not None:
-            result["node_seconds"] = round(node_runner.seconds, 2)
-            node_runner.close()
-        result.update(browser.validate_chat_in_chromium(self.root, variant, golden))
-        result["failures"] += result.pop("browser_failures", [])
-        status = result["webllm_chromium"].get("status", "")
-        if status.startswith("not run"):
-            self.browser_notes.append(f"{variant}: WebLLM Chromium check {status}")
-        return result
+            node_runner.finish(result)
+        return browser.merge(result, browser.validate_chat_in_chromium(self.root, variant, golden), variant,
+                             self.browser_notes)
 
     def notes(self) -> list[str]:
         return ["numerics gated on the wasm32 CPU library in Node (TVM web runtime, paged KV cache, WebLLM's call "

@@ -22,7 +22,6 @@ available, WebLLM itself in headless Chromium with SwiftShader WebGPU (MLCSessio
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import io
 import json
@@ -34,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ...dequantized import runtime_check, write_reference
-from ...errors import ModelportError, ToolchainError
+from ...errors import ModelportError
 from ...families import ENCODER
 from ...families.encoder import EncoderRunner
 from ...fsutil import read_json, write_json
@@ -42,6 +41,7 @@ from ...manifest import TargetInfo
 from ...reference import Golden
 from ..registry import ArtifactSession, ConvertContext, Converter, NoOptions, register
 from . import browser, build, quantize
+from .node_process import NodeProcess, node  # noqa: F401  (node: the runtime check the converters share)
 from .layout import APP_CONFIG, JS, VARIANTS, lib_path, model_name, package_dir
 
 # f16 is built from a float16 torch.export (see build.frontend_converters for why it imports).
@@ -298,52 +298,16 @@ def _tvm_version() -> str:
 
 # --- validation: the wasm32 CPU library in Node -----------------------------------------------------------
 
-def node() -> str:
-    path = shutil.which("node")
-    if path is None:
-        raise ToolchainError("node is not installed: run scripts/setup-mlc.sh")
-    if not (JS / "node_modules" / "@mlc-ai" / "web-runtime").is_dir():
-        raise ToolchainError(f"npm packages missing in {JS}: run scripts/setup-mlc.sh")
-    return path
-
-
-class NodeRunner:
+class NodeRunner(NodeProcess):
     """One Node process serving every request for one library (module and weights load once)."""
 
     def __init__(self, wasm: Path, pkg: Path) -> None:
-        # absolute paths: Node runs in the npm folder (cwd=JS) to resolve its packages
-        self.proc = subprocess.Popen([node(), str(JS / "node_runner.mjs"), str(wasm.resolve()), str(pkg.resolve())],
-                                     cwd=JS,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        atexit.register(self.close)
-        ready = self.proc.stdout.readline()
-        if not ready.startswith(b'{"ready"'):
-            err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None else ""
-            raise ToolchainError(f"the Node runner did not start: {(ready.decode(errors='replace') + err)[-1500:]}")
-        self.seconds = 0.0
+        super().__init__("node_runner.mjs", wasm, pkg, "runner")
 
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
-        req = {"shape": list(ids.shape), "input_ids": ids.astype(np.int32).ravel().tolist(),
-               "attention_mask": mask.astype(np.int32).ravel().tolist()}
-        self.proc.stdin.write((json.dumps(req) + "\n").encode())
-        self.proc.stdin.flush()
-        header = json.loads(self.proc.stdout.readline() or b'{"error": "Node runner exited"}')
-        if "error" in header:
-            raise ToolchainError(f"wasm32 CPU library failed in Node: {header['error']}")
-        self.seconds += header["seconds"]
-        outs = []
-        for shape in header["shapes"]:
-            n = int(np.prod(shape)) * 4
-            outs.append(np.frombuffer(self.proc.stdout.read(n), dtype="<f4").reshape(shape).copy())
+        _, outs = self.request({"shape": list(ids.shape), "input_ids": ids.astype(np.int32).ravel().tolist(),
+                                "attention_mask": mask.astype(np.int32).ravel().tolist()})
         return outs
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 def _key(feeds: dict[str, np.ndarray]) -> bytes:
@@ -418,14 +382,9 @@ class MLCSession(ArtifactSession):
             result["failures"] += dequant["failures"]
         node_runner = self.node_runners.pop(variant, None)
         if node_runner is not None:
-            result["node_seconds"] = round(node_runner.seconds, 2)
-            node_runner.close()
-        result.update(browser.validate_in_chromium(self.root, variant, golden))
-        result["failures"] += result.pop("browser_failures", [])
-        status = result["webllm_chromium"].get("status", "")
-        if status.startswith("not run"):
-            self.browser_notes.append(f"{variant}: WebLLM Chromium check {status}")
-        return result
+            node_runner.finish(result)
+        return browser.merge(result, browser.validate_in_chromium(self.root, variant, golden), variant,
+                             self.browser_notes)
 
     def notes(self) -> list[str]:
         return ["numerics gated on the wasm32 CPU library in Node (TVM web runtime, WebLLM's calling convention); "

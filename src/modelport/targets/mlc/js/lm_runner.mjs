@@ -8,47 +8,27 @@
 // stdin, one JSON line per request:
 //   {"op": "prefill", "ids": [...]}   a fresh sequence; replies every position's logits [T, V]
 //   {"op": "decode", "token": t}      one more token of the current sequence; replies logits [V]
-// stdout: one JSON line {"shape": [...], "seconds": t} (or {"error": "..."}), then float32 LE bytes.
-import fs from "node:fs";
-import path from "node:path";
-import readline from "node:readline";
-import { createRequire } from "node:module";
+// stdout: one JSON line {"shapes": [[...]], "seconds": t} (or {"error": "..."}), then float32 LE bytes.
+import { loadPackage, serve, tvmjs } from "./load_package.mjs";
 
-const require = createRequire(import.meta.url);
-const tvmjs = require("@mlc-ai/web-runtime");
-const log = (...a) => process.stderr.write(a.join(" ") + "\n");
 const PAGE_SIZE = 16; // WebLLM's defaultPageSize
 
 async function load(wasmPath, pkg) {
-  const buf = fs.readFileSync(wasmPath);
-  const tvm = await tvmjs.instantiate(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength),
-    tvmjs.createPolyfillWASI(), log);
-  const dev = tvm.cpu();
-  tvm.beginScope();
-  const vm = tvm.detachFromCurrentScope(tvm.createVirtualMachine(dev));
-  const meta = JSON.parse(vm.getFunction("_metadata")().toString());
-  const cache = JSON.parse(fs.readFileSync(path.join(pkg, "tensor-cache.json"), "utf8"));
-  const byName = new Map();
-  for (const shard of cache.records) {
-    const data = fs.readFileSync(path.join(pkg, shard.dataPath));
-    for (const r of shard.records) {
-      const t = tvm.detachFromCurrentScope(tvm.empty(r.shape, r.dtype, dev));
-      t.copyFromRawBytes(new Uint8Array(data.buffer, data.byteOffset + r.byteOffset, r.nbytes));
-      byName.set(r.name, t);
-    }
-  }
-  const missing = meta.params.filter((p) => !byName.has(p.name)).map((p) => p.name);
-  if (missing.length) throw new Error(`tensor-cache.json lacks ${missing.slice(0, 5).join(", ")}`);
-  const fn = (name) => tvm.detachFromCurrentScope(vm.getFunction(name));
-  const global = (name) => tvm.detachFromCurrentScope(tvm.getGlobalFunc(name));
-  const m = {
-    tvm, dev, meta,
-    params: tvm.detachFromCurrentScope(tvm.makeTVMArray(meta.params.map((p) => byName.get(p.name)))),
-    embed: fn("embed"), prefill: fn("prefill_logits"), decode: fn("decode"),
+  const m = await loadPackage(wasmPath, pkg);
+  const { tvm, meta } = m;
+  const global = (name) => {
+    tvm.beginScope();
+    const f = tvm.detachFromCurrentScope(tvm.getGlobalFunc(name));
+    tvm.endScope();
+    return f;
+  };
+  Object.assign(m, {
+    embed: m.fn("embed"), prefill: m.fn("prefill_logits"), decode: m.fn("decode"),
     clear: global("vm.builtin.kv_state_clear"), add: global("vm.builtin.kv_state_add_sequence"),
     begin: global("vm.builtin.kv_state_begin_forward"), end: global("vm.builtin.kv_state_end_forward"),
-  };
-  m.kv = tvm.detachFromCurrentScope(fn("create_tir_paged_kv_cache")(
+  });
+  tvm.beginScope();
+  m.kv = tvm.detachFromCurrentScope(m.fn("create_tir_paged_kv_cache")(
     tvm.makeShapeTuple([1]), tvm.makeShapeTuple([meta.context_window_size]),
     tvm.makeShapeTuple([meta.prefill_chunk_size]), tvm.makeShapeTuple([PAGE_SIZE]), tvm.makeShapeTuple([0])));
   tvm.endScope();
@@ -91,20 +71,9 @@ function run(m, req) {
   } else {
     throw new Error(`unknown op ${req.op}`);
   }
-  return { header: { shape, seconds: (performance.now() - t0) / 1e3 }, bytes: Buffer.from(values.buffer) };
+  return { header: { shapes: [shape], seconds: (performance.now() - t0) / 1e3 }, bytes: [Buffer.from(values.buffer)] };
 }
 
 const [wasmPath, pkg] = process.argv.slice(2);
 const m = await load(wasmPath, pkg);
-process.stdout.write(JSON.stringify({ ready: true, context_window_size: m.meta.context_window_size }) + "\n");
-for await (const line of readline.createInterface({ input: process.stdin })) {
-  if (!line.trim()) continue;
-  let reply;
-  try {
-    reply = run(m, JSON.parse(line));
-  } catch (e) {
-    reply = { header: { error: String((e && e.stack) || e).slice(0, 2000) }, bytes: Buffer.alloc(0) };
-  }
-  process.stdout.write(JSON.stringify(reply.header) + "\n");
-  process.stdout.write(reply.bytes);
-}
+await serve({ ready: true, context_window_size: m.meta.context_window_size }, (req) => run(m, req));

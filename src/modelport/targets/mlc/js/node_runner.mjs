@@ -8,39 +8,11 @@
 //   stdout, per request: one JSON line {"shapes": [[b,s,h], [b,h], [b,s,h]], "seconds": t} (or
 //   {"error": "..."}), then the float32 little-endian bytes of encode's three outputs:
 //   last_hidden_state, sentence_embedding, and the tensor prefill returns (WebLLM reads row 0).
-import fs from "node:fs";
-import path from "node:path";
-import readline from "node:readline";
-import { createRequire } from "node:module";
-
-const require = createRequire(import.meta.url);
-const tvmjs = require("@mlc-ai/web-runtime");
-const log = (...a) => process.stderr.write(a.join(" ") + "\n");
+import { loadPackage, serve } from "./load_package.mjs";
 
 async function load(wasmPath, pkg) {
-  const buf = fs.readFileSync(wasmPath);
-  const wasm = buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength);
-  const tvm = await tvmjs.instantiate(wasm, tvmjs.createPolyfillWASI(), log);
-  const dev = tvm.cpu();
-  tvm.beginScope();
-  const vm = tvm.detachFromCurrentScope(tvm.createVirtualMachine(dev));
-  const meta = JSON.parse(vm.getFunction("_metadata")().toString());
-  const cache = JSON.parse(fs.readFileSync(path.join(pkg, "tensor-cache.json"), "utf8"));
-  const byName = new Map();
-  for (const shard of cache.records) {
-    const data = fs.readFileSync(path.join(pkg, shard.dataPath));
-    for (const r of shard.records) {
-      const t = tvm.detachFromCurrentScope(tvm.empty(r.shape, r.dtype, dev));
-      t.copyFromRawBytes(new Uint8Array(data.buffer, data.byteOffset + r.byteOffset, r.nbytes));
-      byName.set(r.name, t);
-    }
-  }
-  const missing = meta.params.filter((p) => !byName.has(p.name)).map((p) => p.name);
-  if (missing.length) throw new Error(`tensor-cache.json lacks ${missing.slice(0, 5).join(", ")}`);
-  const params = tvm.detachFromCurrentScope(tvm.makeTVMArray(meta.params.map((p) => byName.get(p.name))));
-  const encode = tvm.detachFromCurrentScope(vm.getFunction("encode"));
-  tvm.endScope();
-  return { tvm, dev, params, encode };
+  const m = await loadPackage(wasmPath, pkg);
+  return { ...m, encode: m.fn("encode") };
 }
 
 function run(m, req) {
@@ -64,15 +36,4 @@ function run(m, req) {
 
 const [wasmPath, pkg] = process.argv.slice(2);
 const m = await load(wasmPath, pkg);
-process.stdout.write(JSON.stringify({ ready: true }) + "\n");
-for await (const line of readline.createInterface({ input: process.stdin })) {
-  if (!line.trim()) continue;
-  let reply;
-  try {
-    reply = run(m, JSON.parse(line));
-  } catch (e) {
-    reply = { header: { error: String((e && e.stack) || e).slice(0, 2000) }, bytes: [] };
-  }
-  process.stdout.write(JSON.stringify(reply.header) + "\n");
-  for (const b of reply.bytes) process.stdout.write(b);
-}
+await serve({ ready: true }, (req) => run(m, req));
