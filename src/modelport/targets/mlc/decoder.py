@@ -22,9 +22,6 @@ shader-f16, so WebLLM's refusal is recorded instead of a browser run.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +36,7 @@ from ...recipes import NOPE_LAYERS, QK_NORM, QKV_BIAS, read_chat_template
 from ..registry import ArtifactSession, ConvertContext, Converter, NoOptions, Variant, register
 from . import browser, build, quantize
 from .chat_model import DecoderShape
-from .encoder import REQUIRED_FEATURES, model_parameters, runtime_versions
+from .encoder import REQUIRED_FEATURES, app_config_js, runtime_versions, tvm_version, write_tensors
 from .node_process import NodeProcess
 from .layout import APP_CONFIG, lib_path, package_dir
 
@@ -225,24 +222,6 @@ def chat_config(c: DecoderShape, variant: str, template: dict[str, Any], generat
 
 # --- convert ----------------------------------------------------------------------------------------------
 
-def write_tensors(params: dict[str, np.ndarray], pkg: Path) -> None:
-    from tvm.contrib import tvmjs
-
-    n_bytes = int(sum(a.nbytes for a in params.values()))
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints progress even with show_progress=False
-        tvmjs.dump_tensor_cache(params, str(pkg), encode_format="raw", show_progress=False,
-                                meta_data={"ParamSize": len(params), "ParamBytes": n_bytes,
-                                           "BitsPerParam": 8.0 * n_bytes / max(1, model_parameters(params))})
-
-
-def app_config_js(model: str, variants: list[str]) -> str:
-    """webllm-app-config.js for chat: the embedding target's file with model_type LLM (0)."""
-    from .encoder import app_config_js as embedding_app_config
-
-    return embedding_app_config(model, variants).replace("model_type: 1 /* ModelType.embedding */",
-                                                         "model_type: 0 /* ModelType.LLM */")
-
-
 def convert(ctx: ConvertContext) -> TargetInfo:
     import tvm
 
@@ -303,20 +282,14 @@ def convert(ctx: ConvertContext) -> TargetInfo:
             info[name]["group_quantization"] = {"group_size": quantize.GROUP, "bits": quantize.BITS,
                                                 "storage": "uint32", "scale_dtype": c.dtype,
                                                 "tensors": len(dequantized)}
-    (out / APP_CONFIG).write_text(app_config_js(source.name, list(ctx.variants)))
+    (out / APP_CONFIG).write_text(app_config_js(source.name, list(ctx.variants), "0 /* ModelType.LLM */"))
     return TargetInfo.of("mlc", DECODER.name, list(ctx.variants), LM_VARIANTS, per_variant=info,
                          layout="WebLLM chat packages (per variant folder: mlc-chat-config.json, tensor-cache.json, "
                                 "params_shard_*.bin, tokenizer and its WebGPU model library; wasm32 CPU libraries "
                                 "for the Node check in libs/)",
-                         notes=notes, conv_template=template, apache_tvm=_tvm_version(),
+                         notes=notes, conv_template=template, apache_tvm=tvm_version(),
                          web_runtime={"dir": runtime.name, "build_s": build.runtime_build_seconds(runtime),
                                       "emcc": build.emcc_version()})
-
-
-def _tvm_version() -> str:
-    from importlib.metadata import version
-
-    return version("apache-tvm")
 
 
 # --- validation: the wasm32 CPU library in Node, through the paged KV cache --------------------------------
