@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv with everything the native (no Docker) tier needs: torch CPU, transformers,
-# the ONNX toolchain, matplotlib (report.html), modelport itself (editable) and the test tools. Idempotent.
+# the ONNX toolchain, matplotlib (quantize-search plots), modelport itself (editable) and the test tools. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}

@@ -41,15 +41,10 @@ def xlmr_onnx(shared_artifact) -> Path:
 CHROMIUM_PLAN = {"chromium-webgpu": ["fp32", "q4", "fp16"], "chromium-wasm": ["fp32", "fp16"]}
 
 
-def require_clients(names: list[str], matplotlib: bool = False) -> None:
+def require_clients(names: list[str]) -> None:
     from modelport.clients import missing_prerequisites
 
     missing = missing_prerequisites(names)
-    if matplotlib:
-        try:
-            import matplotlib as _  # noqa: F401
-        except ImportError:
-            missing.append("matplotlib is not installed in this Python")
     if missing:
         why = "; ".join(missing) + " (run scripts/setup-clients.sh)"
         if os.environ.get("CI", "").lower() in ("true", "1"):

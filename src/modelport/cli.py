@@ -157,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
                         description="Write <dir>/report.html from the manifest(s): per target and variant the "
                         "verdict of the Python validator and of each real client, max abs / cosine / top-5, file "
                         "sizes, tokenizer parity, and plots (embedded, viewable offline). <dir> is an artifact "
-                        "or a folder of artifacts (artifacts/<model>/). Needs matplotlib.")
+                        "or a folder of artifacts (artifacts/<model>/).")
     rp.add_argument("artifact", type=Path, help="artifact directory, or a folder holding several")
 
     au = sub.add_parser(
@@ -384,29 +384,26 @@ def _audit(args: argparse.Namespace, out) -> int:
 
 
 def _write_report(out, path: Path) -> None:
-    """report.html after every validation run; without matplotlib (or a writable folder) one line says so,
-    never an error: the verdict is already printed and recorded."""
-    from rich.markup import escape  # the message holds 'modelport[report]': markup would swallow "[report]"
+    """report.html after every validation run; where the folder is not writable one line says so, never an
+    error: the verdict is already printed and recorded."""
+    from rich.markup import escape  # a path may hold [brackets]: markup would swallow them
 
-    from .report import try_write_report
+    from .report import write_report
 
     try:
-        written, message = try_write_report(path)
+        out.print(escape(f"wrote {write_report(path)}"), soft_wrap=True)
     except OSError as e:
         where = argparse.Namespace(command="report", artifact=path)
-        written, message = None, f"report.html not written: {_os_error_line(e, where)}"
-    out.print(escape(message) if written else f"[yellow]{escape(message)}[/]", soft_wrap=True)
+        out.print(f"[yellow]{escape(f'report.html not written: {_os_error_line(e, where)}')}[/]", soft_wrap=True)
 
 
 def _report(args: argparse.Namespace, out) -> int:
     from rich.markup import escape
 
-    from .report import try_write_report
+    from .report import write_report
 
-    written, message = try_write_report(args.artifact)
-    if written is None:
-        raise ModelportError(message)
-    out.print(escape(message), soft_wrap=True)
+    written = write_report(args.artifact)
+    out.print(escape(f"wrote {written}"), soft_wrap=True)
     out.print(escape(f"open it with: xdg-open {written}  (or python -m http.server -d {written.parent}, "
                      f"then http://127.0.0.1:8000/{written.name})"), soft_wrap=True)
     return 0
