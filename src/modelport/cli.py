@@ -25,6 +25,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__
 from .errors import EXIT_INTERNAL, EXIT_TOOLCHAIN, ModelportError, ToolchainError, ValidationFailed
@@ -681,6 +682,35 @@ def _setting_for(path: str) -> str:
         if path == root or path.startswith(root.rstrip("/") + "/"):
             return f" ({name} chooses this folder: {root})"
     return ""
+
+
+def run() -> NoReturn:
+    """The `modelport` command: main(), then exit without tearing the interpreter down.
+
+    Why: after a conversion, Python's finalization spends ~1.1 s destroying torch, transformers and
+    onnxruntime objects (measured on MiniLM, 2 cores: atexit handlers 0.01 s, then 1.1 s until the
+    process ended), work whose result nobody sees. Everything a command writes is closed by then (files
+    and locks are context managers; outputs land by rename), so the exit runs the atexit handlers, waits
+    for any non-daemon thread, flushes the standard streams and ends the process with os._exit.
+    """
+    import atexit
+
+    try:
+        rc = main()
+    except SystemExit as e:  # argparse's usage errors and --help
+        rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, int) and e.code is not None:
+            print(e.code, file=sys.stderr)
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (modelport ... | head): nothing left to tell
+            pass
+    os._exit(rc)
 
 
 def main(argv: list[str] | None = None) -> int:
