@@ -90,21 +90,33 @@ def export_fp32(source, recipe, path: Path, note: Step | None = None, models=Non
 def to_fp16(src: Path, dst: Path) -> None:
     """fp16 with fp32 inputs/outputs: onnxruntime's converter (onnxconverter-common's output fails to load).
 
-    The converter's shape inference only serves the Casts it puts around operators that keep float32
-    inputs (its block list: Range, CumSum, Min, Max, TopK, ...; and ALWAYS_FLOAT_INPUTS: Resize,
-    GroupNorm); in a graph with none of them (and no subgraph) it changes no node and no initializer,
-    it only adds value_info annotations (533 on MiniLM) at the cost of serializing the model once more
-    (1.0 -> 0.3 s on MiniLM). So it runs only where it matters.
+    The converter needs every tensor's type (value_info) to put Casts around the operators it keeps in
+    float32 (Range, CumSum, Resize, ...). Its own shape inference serializes the whole model, weights
+    included (0.7 of its 1.0 s on MiniLM; impossible past protobuf's 2 GB); the types come here from the
+    graph without its weights instead (initializers as typed inputs), which gives the converter the same
+    nodes, initializers and value_info types (tests/unit/test_fp16_convert.py; also checked on MiniLM,
+    its fused graph and tiny EmbeddingGemma's torch.export graph) in 0.3 s.
     """
     import onnx
-    from onnxruntime.transformers.float16 import ALWAYS_FLOAT_INPUTS, DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(src))
-    typed = set(DEFAULT_OP_BLOCK_LIST) | set(ALWAYS_FLOAT_INPUTS)
-    plain = all(n.op_type not in typed and not any(a.g.node or a.graphs for a in n.attribute)
-                for n in model.graph.node)
-    model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=plain)
+    known = {v.name for v in model.graph.value_info}
+    model.graph.value_info.extend(v for v in tensor_types(model) if v.name not in known)
+    model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
     onnx.save(model, str(dst))
+
+
+def tensor_types(model: Any) -> list[Any]:
+    """value_info of the model's intermediate tensors, inferred on a copy without weight data."""
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    weights = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in graph.initializer]
+    bare = helper.make_graph(graph.node, graph.name, list(graph.input) + weights, graph.output)
+    bare_model = helper.make_model(bare, opset_imports=model.opset_import, ir_version=model.ir_version)
+    return list(onnx.shape_inference.infer_shapes(bare_model).graph.value_info)
 
 
 def quantize_dynamic(src: Path, dst: Path, signed: bool) -> None:
