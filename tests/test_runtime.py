@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from modelport import runtime
 from modelport.cli import main
@@ -59,3 +60,22 @@ def test_bench_times_a_decoder(shared_artifact, tmp_path: Path) -> None:
     for r in (pt, fp32):
         assert r["prefill_tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0
     assert fp32["same_tokens"] == "9/9"  # the first token after prefill and 8 decode steps, all PyTorch's
+
+
+def test_bench_runs_mlx_lm_beside_an_mlx_artifact(shared_artifact, tmp_path: Path) -> None:
+    """An MLX decoder artifact brings its peer: mlx-lm's own `convert -q` of the same checkpoint, timed the
+    same way (artifacts shared with the ONNX bench above and the KLD gate tests)."""
+    pytest.importorskip("mlx_lm")
+    onnx_art = shared_artifact("tiny-llama", "onnx", "fp32,fp16,q4")
+    mlx_art = shared_artifact("tiny-llama", "mlx", None, accept=(0, 1))
+    out = tmp_path / "lm.json"
+    assert main(["bench", str(onnx_art), "--variants", "fp32", "--also", str(mlx_art), "--prefill-tokens", "16",
+                 "--decode-tokens", "8", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    mlx = [r for r in rows if r["runtime"] == "mlx (modelport.runtime)"]
+    peer = rows[-1]
+    assert {r["variant"] for r in mlx} <= {"f32", "f16", "q8", "q4"} and any(r["variant"] == "f32" for r in mlx)
+    assert peer["runtime"].startswith("mlx-lm ") and peer["kind"] == "peer" and peer["variant"] == "q4 (group 64)"
+    assert peer["prefill_tokens_per_s"] > 0 and peer["decode_tokens_per_s"] > 0
+    assert "mlx_lm.convert took" in peer["note"]
+    assert next(r for r in mlx if r["variant"] == "f32")["same_tokens"] == "9/9"  # f32 keeps PyTorch's tokens

@@ -20,7 +20,8 @@ every timed call, for every runtime, as a user pays it; `tokenize_ms` in the JSO
 
 Decoders: prefill tokens/s (one prompt of `prefill_tokens` tokens) and decode tokens/s (greedy,
 `decode_tokens` steps with the KV cache) for PyTorch (transformers) and every variant in onnxruntime
-(and MLX with `--also`); beside them, how many greedy tokens equal PyTorch's.
+(and MLX with `--also`; an MLX artifact brings mlx-lm's own `convert -q` of the same checkpoint as its
+peer); beside them, how many greedy tokens equal PyTorch's.
 """
 
 from __future__ import annotations
@@ -418,6 +419,14 @@ def pytorch_lm_row(art: runtime.Artifact, ids: np.ndarray, s: Settings) -> tuple
                  f"torch {torch.__version__}, transformers {transformers.__version__}"), tokens
 
 
+def agreement(tokens: list[int], ref: list[int] | None) -> str | None:
+    """"k/n": the first k greedy tokens equal PyTorch's n."""
+    if ref is None:
+        return None
+    k = next((i for i, (a, b) in enumerate(zip(tokens, ref)) if a != b), len(ref))
+    return f"{k}/{len(ref)}"
+
+
 def lm_rows(root: Path, variants: Sequence[str] | None, ids: np.ndarray, s: Settings, ref: list[int] | None,
             progress: Progress) -> list[LMRow]:
     art = runtime.open_artifact(root)
@@ -430,13 +439,41 @@ def lm_rows(root: Path, variants: Sequence[str] | None, ids: np.ndarray, s: Sett
         lm = runtime.load_causal_lm(art, name, s.threads)
         tp, td, tokens = time_lm(lambda: _last(lm.runner.prefill(ids)), lm.runner.decode,
                                  lambda lg: int(np.argmax(lg)), s.decode_tokens, s.repeat)
-        same = None
-        if ref is not None:
-            k = next((i for i, (a, b) in enumerate(zip(tokens, ref)) if a != b), len(ref))
-            same = f"{k}/{len(ref)}"
         rows.append(LMRow(f"{lm.runtime} (modelport.runtime)", name, "modelport", len(ids) / tp,
-                          s.decode_tokens / td, same))
+                          s.decode_tokens / td, agreement(tokens, ref)))
     return rows
+
+
+def mlx_lm_rows(source: Path, ids: np.ndarray, s: Settings, ref: list[int] | None, progress: Progress) -> list[LMRow]:
+    """The peer of an MLX artifact: `mlx_lm.convert -q` (4-bit, group 64: what its users run) of the same
+    checkpoint, timed with mlx-lm's own model classes and KV cache, in this process (mlx-lm installs
+    beside modelport's MLX target: one environment)."""
+    try:
+        import mlx.core as mx
+        from mlx_lm import convert, load
+        from mlx_lm.models.cache import make_prompt_cache
+        from mlx_lm import __version__ as mlx_lm_version
+    except ImportError:
+        return [LMRow("mlx-lm", "q4", PEER, note="not run: mlx-lm is not installed (pip install mlx-lm)")]
+    progress("mlx-lm convert -q (peer)")
+    with tempfile.TemporaryDirectory(prefix="mp-mlx-lm-") as tmp:
+        folder = Path(tmp) / "q4"
+        t0 = time.perf_counter()
+        convert(str(source), mlx_path=str(folder), quantize=True, q_bits=4, q_group_size=64)
+        seconds = time.perf_counter() - t0
+        model, _ = load(str(folder))
+
+    def step(tokens: list[list[int]], cache: Any) -> tuple[np.ndarray, Any]:
+        logits = model(mx.array(tokens), cache=cache)[0, -1].astype(mx.float32)
+        mx.eval(logits, [c.state for c in cache])  # as mlx-lm's generate_step: no graph grows across steps
+        return np.array(logits), cache
+
+    tp, td, tokens = time_lm(lambda: step([ids.tolist()], make_prompt_cache(model)),
+                             lambda cache, token: step([[token]], cache),
+                             lambda lg: int(np.argmax(lg)), s.decode_tokens, s.repeat)
+    return [LMRow(f"mlx-lm {mlx_lm_version} (its own convert -q)", "q4 (group 64)", PEER, len(ids) / tp,
+                  s.decode_tokens / td, agreement(tokens, ref),
+                  f"mlx_lm.convert took {seconds:.2f} s; MLX CPU backend here")]
 
 
 def _last(result: tuple[np.ndarray, Any]) -> tuple[np.ndarray, Any]:
@@ -453,6 +490,8 @@ def bench_decoder(art: runtime.Artifact, s: Settings, progress: Progress) -> dic
     rows = [pt] + lm_rows(art.root, s.variants, ids, s, ref, progress)
     for other in s.also:
         rows += lm_rows(other, None, ids, s, ref, progress)
+    if any(runtime.open_artifact(a).info.name == "mlx" for a in [art.root, *s.also]):
+        rows += mlx_lm_rows(Path(art.manifest["source"]["path"]), ids, s, ref, progress)
     return {"family": art.info.family, "rows": [asdict(r) for r in rows],
             "prompt_tokens": len(ids), "decode_tokens": s.decode_tokens}
 
