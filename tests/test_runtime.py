@@ -63,8 +63,9 @@ def test_bench_times_a_decoder(shared_artifact, tmp_path: Path) -> None:
 
 
 def test_bench_runs_mlx_lm_beside_an_mlx_artifact(shared_artifact, tmp_path: Path) -> None:
-    """An MLX decoder artifact brings its peer: mlx-lm's own `convert -q` of the same checkpoint, timed the
-    same way (artifacts shared with the ONNX bench above and the KLD gate tests)."""
+    """An MLX decoder artifact is also timed as users run it (mlx_lm.load of each variant folder), beside its
+    peer: mlx-lm's own `convert -q` of the same checkpoint (artifacts shared with the ONNX bench above and
+    the KLD gate tests)."""
     pytest.importorskip("mlx_lm")
     onnx_art = shared_artifact("tiny-llama", "onnx", "fp32,fp16,q4")
     mlx_art = shared_artifact("tiny-llama", "mlx", None, accept=(0, 1))
@@ -72,10 +73,12 @@ def test_bench_runs_mlx_lm_beside_an_mlx_artifact(shared_artifact, tmp_path: Pat
     assert main(["bench", str(onnx_art), "--variants", "fp32", "--also", str(mlx_art), "--prefill-tokens", "16",
                  "--decode-tokens", "8", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    mlx = [r for r in rows if r["runtime"] == "mlx (modelport.runtime)"]
+    ours = {r["variant"]: r for r in rows if r["runtime"] == "mlx (modelport.runtime)"}
+    users = {r["variant"]: r for r in rows if r["runtime"].endswith("(this artifact's folder)")}
     peer = rows[-1]
-    assert {r["variant"] for r in mlx} <= {"f32", "f16", "q8", "q4"} and any(r["variant"] == "f32" for r in mlx)
+    assert set(users) == set(ours) and "f32" in users  # every passed variant, both ways
     assert peer["runtime"].startswith("mlx-lm ") and peer["kind"] == "peer" and peer["variant"] == "q4 (group 64)"
-    assert peer["prefill_tokens_per_s"] > 0 and peer["decode_tokens_per_s"] > 0
+    for r in [*users.values(), peer]:
+        assert r["prefill_tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0
     assert "mlx_lm.convert took" in peer["note"]
-    assert next(r for r in mlx if r["variant"] == "f32")["same_tokens"] == "9/9"  # f32 keeps PyTorch's tokens
+    assert ours["f32"]["same_tokens"] == users["f32"]["same_tokens"] == "9/9"  # f32 keeps PyTorch's tokens

@@ -444,36 +444,52 @@ def lm_rows(root: Path, variants: Sequence[str] | None, ids: np.ndarray, s: Sett
     return rows
 
 
-def mlx_lm_rows(source: Path, ids: np.ndarray, s: Settings, ref: list[int] | None, progress: Progress) -> list[LMRow]:
-    """The peer of an MLX artifact: `mlx_lm.convert -q` (4-bit, group 64: what its users run) of the same
-    checkpoint, timed with mlx-lm's own model classes and KV cache, in this process (mlx-lm installs
-    beside modelport's MLX target: one environment)."""
+def mlx_lm_rows(mlx_roots: list[Path], source: Path, ids: np.ndarray, s: Settings, ref: list[int] | None,
+                progress: Progress) -> list[LMRow]:
+    """MLX decoder folders as their users run them, and their peer.
+
+    Users load an MLX variant folder with `mlx_lm.load` (mlx-lm's model classes and kernels), not with
+    the validator's model (targets/mlx/models/llama.py sums group-wise for accuracy on MLX's CPU
+    backend, which costs speed): each passed variant is timed that way. The peer is mlx-lm's own
+    `mlx_lm.convert -q` (4-bit, group 64: what its users run) of the same checkpoint, timed the same way.
+    mlx-lm comes with the `mlx` extra: same environment, in this process.
+    """
     try:
         import mlx.core as mx
+        from mlx_lm import __version__ as version
         from mlx_lm import convert, load
         from mlx_lm.models.cache import make_prompt_cache
-        from mlx_lm import __version__ as mlx_lm_version
     except ImportError:
-        return [LMRow("mlx-lm", "q4", PEER, note="not run: mlx-lm is not installed (pip install mlx-lm)")]
+        return [LMRow("mlx-lm", "-", PEER, note="not run: mlx-lm is not installed (pip install mlx-lm)")]
+
+    def timed(model: Any, label: str, variant: str, kind: str, note: str) -> LMRow:
+        def step(tokens: list[list[int]], cache: Any) -> tuple[np.ndarray, Any]:
+            logits = model(mx.array(tokens), cache=cache)[0, -1].astype(mx.float32)
+            mx.eval(logits, [c.state for c in cache])  # as mlx-lm's generate_step: no graph grows across steps
+            return np.array(logits), cache
+
+        tp, td, tokens = time_lm(lambda: step([ids.tolist()], make_prompt_cache(model)),
+                                 lambda cache, token: step([[token]], cache),
+                                 lambda lg: int(np.argmax(lg)), s.decode_tokens, s.repeat)
+        return LMRow(label, variant, kind, len(ids) / tp, s.decode_tokens / td, agreement(tokens, ref), note)
+
+    rows = []
+    for root in mlx_roots:
+        art = runtime.open_artifact(root)
+        for name in art.info.variants:
+            if name in art.passed:
+                progress(f"mlx-lm on {art.info.name} {name}")
+                rows.append(timed(load(str(root / name))[0], f"mlx-lm {version} (this artifact's folder)", name,
+                                  "modelport", "mlx_lm.load, as users run it"))
     progress("mlx-lm convert -q (peer)")
     with tempfile.TemporaryDirectory(prefix="mp-mlx-lm-") as tmp:
-        folder = Path(tmp) / "q4"
         t0 = time.perf_counter()
-        convert(str(source), mlx_path=str(folder), quantize=True, q_bits=4, q_group_size=64)
+        convert(str(source), mlx_path=str(Path(tmp) / "q4"), quantize=True, q_bits=4, q_group_size=64)
         seconds = time.perf_counter() - t0
-        model, _ = load(str(folder))
-
-    def step(tokens: list[list[int]], cache: Any) -> tuple[np.ndarray, Any]:
-        logits = model(mx.array(tokens), cache=cache)[0, -1].astype(mx.float32)
-        mx.eval(logits, [c.state for c in cache])  # as mlx-lm's generate_step: no graph grows across steps
-        return np.array(logits), cache
-
-    tp, td, tokens = time_lm(lambda: step([ids.tolist()], make_prompt_cache(model)),
-                             lambda cache, token: step([[token]], cache),
-                             lambda lg: int(np.argmax(lg)), s.decode_tokens, s.repeat)
-    return [LMRow(f"mlx-lm {mlx_lm_version} (its own convert -q)", "q4 (group 64)", PEER, len(ids) / tp,
-                  s.decode_tokens / td, agreement(tokens, ref),
-                  f"mlx_lm.convert took {seconds:.2f} s; MLX CPU backend here")]
+        model = load(str(Path(tmp) / "q4"))[0]
+    rows.append(timed(model, f"mlx-lm {version} (its own convert -q)", "q4 (group 64)", PEER,
+                      f"mlx_lm.convert took {seconds:.2f} s; MLX CPU backend here"))
+    return rows
 
 
 def _last(result: tuple[np.ndarray, Any]) -> tuple[np.ndarray, Any]:
@@ -490,8 +506,9 @@ def bench_decoder(art: runtime.Artifact, s: Settings, progress: Progress) -> dic
     rows = [pt] + lm_rows(art.root, s.variants, ids, s, ref, progress)
     for other in s.also:
         rows += lm_rows(other, None, ids, s, ref, progress)
-    if any(runtime.open_artifact(a).info.name == "mlx" for a in [art.root, *s.also]):
-        rows += mlx_lm_rows(Path(art.manifest["source"]["path"]), ids, s, ref, progress)
+    mlx_roots = [a for a in [art.root, *s.also] if runtime.open_artifact(a).info.name == "mlx"]
+    if mlx_roots:
+        rows += mlx_lm_rows(mlx_roots, Path(art.manifest["source"]["path"]), ids, s, ref, progress)
     return {"family": art.info.family, "rows": [asdict(r) for r in rows],
             "prompt_tokens": len(ids), "decode_tokens": s.decode_tokens}
 
