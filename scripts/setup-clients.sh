@@ -6,7 +6,7 @@
 #     (@huggingface/transformers 4.3.1, puppeteer-core, pinned). ONNXRUNTIME_NODE_INSTALL=skip and
 #     --ignore-scripts: no install script downloads anything (onnxruntime-node's CPU binaries ship in
 #     its npm tarball). Re-run only when the lock file changes (stamp in node_modules).
-#   - matplotlib in .venv for report.html (needs scripts/setup-native.sh first).
+#   - matplotlib in .venv for quantize-search's pareto.png (needs scripts/setup-native.sh first).
 # Needs: Node >= 18 with npm, apt-get (root or sudo) when Chromium is missing, network to the
 # Debian mirror, the npm registry and PyPI on the first run only.
 set -euo pipefail
@@ -47,7 +47,7 @@ fi
   if (t.env.version !== '4.3.1') throw new Error('transformers.js ' + t.env.version + ', expected 4.3.1');
 ") || die "the harness in $JS does not load; delete $JS/node_modules and re-run"
 
-# --- matplotlib for report.html ------------------------------------------------------------------
+# --- matplotlib for quantize-search's pareto.png ------------------------------------------------
 [ -x .venv/bin/python ] || die ".venv is missing: run scripts/setup-native.sh first"
 if ! .venv/bin/python -c "import matplotlib" 2>/dev/null; then
   echo "setup-clients: pip install $MATPLOTLIB"
