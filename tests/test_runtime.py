@@ -82,3 +82,24 @@ def test_bench_runs_mlx_lm_beside_an_mlx_artifact(shared_artifact, tmp_path: Pat
         assert r["prefill_tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0
     assert "mlx_lm.convert took" in peer["note"]
     assert ours["f32"]["same_tokens"] == users["f32"]["same_tokens"] == "9/9"  # f32 keeps PyTorch's tokens
+
+
+def test_bench_decoder_rows_for_core_ml_and_mlc(shared_artifact, tmp_path: Path) -> None:
+    """`--also` a Core ML decoder: agreement only (the MIL interpreter's speed is not Core ML's); an MLC chat
+    package: its wasm32 library timed in Node. Artifacts are the contract tests' (no extra conversion)."""
+    onnx_art = shared_artifact("tiny-llama", "onnx", "fp32,fp16,q4")
+    coreml_art = shared_artifact("tiny-llama", "coreml", "fp32,w8,w4", "--context", "64")
+    mlc_art = shared_artifact("tiny-llama", "mlc", None)
+    out = tmp_path / "lm.json"
+    assert main(["bench", str(onnx_art), "--variants", "fp32", "--also", str(coreml_art), "--also", str(mlc_art),
+                 "--prefill-tokens", "16", "--decode-tokens", "8", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    coreml = [r for r in rows if r["runtime"] == "coreml interpreter (milinterp)"]
+    mlc = {r["variant"]: r for r in rows if r["runtime"] == "mlc (modelport.runtime)"}
+    assert [r["variant"] for r in coreml] == ["fp32", "w8", "w4"]
+    for r in coreml:
+        assert r["prefill_tokens_per_s"] is None and r["decode_tokens_per_s"] is None
+        assert r["note"].startswith("correctness only") and r["same_tokens"].endswith("/9")
+    assert coreml[0]["same_tokens"] == "9/9"
+    assert "f32" in mlc and mlc["f32"]["same_tokens"] == "9/9" and mlc["f32"]["decode_tokens_per_s"] > 0
+    assert "wasm32 library in Node" in mlc["f32"]["note"]

@@ -20,8 +20,9 @@ every timed call, for every runtime, as a user pays it; `tokenize_ms` in the JSO
 
 Decoders: prefill tokens/s (one prompt of `prefill_tokens` tokens) and decode tokens/s (greedy,
 `decode_tokens` steps with the KV cache) for PyTorch (transformers) and every variant in onnxruntime
-(and MLX with `--also`; an MLX artifact brings mlx-lm's own `convert -q` of the same checkpoint as its
-peer); beside them, how many greedy tokens equal PyTorch's.
+(and MLX or MLC packages with `--also`: MLC's wasm32 library in Node; Core ML artifacts for agreement
+only; an MLX artifact is also timed as users run it, mlx_lm.load, beside mlx-lm's own `convert -q` of
+the same checkpoint as its peer); beside them, how many greedy tokens equal PyTorch's.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ from .errors import ModelportError, ToolchainError
 
 Progress = Callable[[str], Any]
 PEER = "peer"  # rows that are peers, for the "x best peer" ratio
+# Core ML runs only on macOS: here the MIL interpreter runs its artifacts, numerically right but slow by
+# design, so its rows carry agreement and no speed
+INTERPRETER = "coreml interpreter (milinterp)"
+INTERPRETER_NOTE = "correctness only: the MIL interpreter is not Core ML's speed"
 
 
 @dataclass
@@ -167,6 +172,8 @@ def pytorch_rows(art: runtime.Artifact, s: Settings, single: list[str],
 # What a row of another target measures, said beside its numbers.
 TARGET_NOTES = {"mlc": "wasm32 CPU library in Node, one process call per batch",
                 "mlx": "MLX CPU backend here (its own threads: --threads does not apply)"}
+LM_TARGET_NOTES = {"mlc": "the package's wasm32 library in Node (TVM web runtime, paged KV cache), one thread",
+                   "mlx": "the validator's model (group-wise sums, for accuracy); as users run it: the mlx-lm rows"}
 
 
 def _max_length_note(art: runtime.Artifact, texts: list[str]) -> str:
@@ -200,10 +207,10 @@ def artifact_rows(root: Path, variants: Sequence[str] | None, s: Settings, singl
             # time a dictionary lookup for every repeated text
             vecs = enc.encode(single + batch, 1)
             cos = ref.cos_min(vecs[:len(single)], vecs[len(single):]) if ref else None
-            why = ("correctness only: the MIL interpreter is not Core ML's speed" if art.info.name == "coreml" else
+            why = (INTERPRETER_NOTE if art.info.name == "coreml" else
                    "correctness only: the validator's runner memoizes per input (for MLC wasm speed see "
                    "benchmarks/mlc_vs_ort_web.py)")
-            label = "coreml interpreter (milinterp)" if art.info.name == "coreml" else label
+            label = INTERPRETER if art.info.name == "coreml" else label
             rows.append(Row(label, name, "modelport", None, None, cos, "; ".join(filter(None, [why, cut]))))
             continue
         ms, tps, v1, vb = time_encoder(lambda t, b: enc.encode(t, b), single, batch, s.batch_size, s.repeat)
@@ -437,10 +444,14 @@ def lm_rows(root: Path, variants: Sequence[str] | None, ids: np.ndarray, s: Sett
             continue
         progress(f"{art.info.name} {name}")
         lm = runtime.load_causal_lm(art, name, s.threads)
+        interpreter = art.info.name == "coreml"  # the MIL interpreter: Core ML itself runs only on macOS
         tp, td, tokens = time_lm(lambda: _last(lm.runner.prefill(ids)), lm.runner.decode,
-                                 lambda lg: int(np.argmax(lg)), s.decode_tokens, s.repeat)
+                                 lambda lg: int(np.argmax(lg)), s.decode_tokens, 0 if interpreter else s.repeat)
+        if interpreter:
+            rows.append(LMRow(INTERPRETER, name, "modelport", None, None, agreement(tokens, ref), INTERPRETER_NOTE))
+            continue
         rows.append(LMRow(f"{lm.runtime} (modelport.runtime)", name, "modelport", len(ids) / tp,
-                          s.decode_tokens / td, agreement(tokens, ref)))
+                          s.decode_tokens / td, agreement(tokens, ref), LM_TARGET_NOTES.get(art.info.name, "")))
     return rows
 
 
