@@ -1,5 +1,6 @@
 """to_fp16 hands the float16 converter tensor types inferred without the weights: the same nodes and weights
 as the converter with its own shape inference, with and without an operator it keeps in float32."""
+
 from __future__ import annotations
 
 from pathlib import Path
