@@ -210,12 +210,18 @@ def test_rename_never_replaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 # --- runs in a subprocess: a real concurrent run, signals -------------------------------------------------
 
 
+def _hangup_default() -> None:
+    """In the child: SIGHUP back to its default. A suite started under `nohup` passes SIGHUP ignored to
+    every child, and modelport rightly leaves an ignored signal ignored; the child here must get it."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def start(tmp_path: Path, out: Path) -> subprocess.Popen:
     tiny.materialize("tiny-xlm-roberta")  # built once here, not raced by the child
     return subprocess.Popen(
         [sys.executable, "-m", "modelport", "convert", "tiny-xlm-roberta", "--target", "onnx", "--variants", "fp32",
          "--out", str(out)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_hangup_default)
 
 
 def wait_for_staging(proc: subprocess.Popen, out: Path, timeout: float = 60) -> Path:
