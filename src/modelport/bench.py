@@ -185,10 +185,9 @@ def _max_length_note(art: runtime.Artifact, texts: list[str]) -> str:
     return f"max length {limit}: texts up to {longest} tokens are cut there" if longest > limit else ""
 
 
-def artifact_rows(root: Path, variants: Sequence[str] | None, s: Settings, single: list[str], batch: list[str],
-                  ref: Reference | None, progress: Progress) -> list[Row]:
+def artifact_rows(art: runtime.Artifact, variants: Sequence[str] | None, s: Settings, single: list[str],
+                  batch: list[str], ref: Reference | None, progress: Progress) -> list[Row]:
     """Every passed (or named) variant of an artifact through modelport.runtime."""
-    art = runtime.open_artifact(root)
     rows = []
     for name in variants or list(art.info.variants):
         if name not in art.passed:
@@ -350,7 +349,8 @@ def tokenize_ms(art: runtime.Artifact, single: list[str], batch: list[str]) -> d
     return {"per_single_call_ms": per_single, "all_batch_texts_ms": (time.perf_counter() - t0) * 1000}
 
 
-def bench_encoder(art: runtime.Artifact, s: Settings, progress: Progress) -> dict[str, Any]:
+def bench_encoder(art: runtime.Artifact, also: list[runtime.Artifact], s: Settings,
+                  progress: Progress) -> dict[str, Any]:
     single = bench_texts(art.root, s.singles)
     batch = bench_texts(art.root, s.texts)
     progress("pytorch (sentence-transformers)")
@@ -358,10 +358,10 @@ def bench_encoder(art: runtime.Artifact, s: Settings, progress: Progress) -> dic
     if s.optimum_python:
         rows += optimum_rows(art, s, single, batch, ref, progress)
     variants = s.variants or list(art.info.variants)
-    rows += artifact_rows(art.root, variants, s, single, batch, ref, progress)
+    rows += artifact_rows(art, variants, s, single, batch, ref, progress)
     if s.node and art.info.name == "onnx":
         rows += node_rows(art, variants, s, single, batch, ref, progress)
-    for other in s.also:
+    for other in also:
         rows += artifact_rows(other, None, s, single, batch, ref, progress)
     return {"family": art.info.family, "rows": [asdict(r) for r in rows],
             "tokenize": tokenize_ms(art, single, batch),
@@ -434,9 +434,8 @@ def agreement(tokens: list[int], ref: list[int] | None) -> str | None:
     return f"{k}/{len(ref)}"
 
 
-def lm_rows(root: Path, variants: Sequence[str] | None, ids: np.ndarray, s: Settings, ref: list[int] | None,
-            progress: Progress) -> list[LMRow]:
-    art = runtime.open_artifact(root)
+def lm_rows(art: runtime.Artifact, variants: Sequence[str] | None, ids: np.ndarray, s: Settings,
+            ref: list[int] | None, progress: Progress) -> list[LMRow]:
     rows = []
     for name in variants or list(art.info.variants):
         if name not in art.passed:
@@ -455,8 +454,8 @@ def lm_rows(root: Path, variants: Sequence[str] | None, ids: np.ndarray, s: Sett
     return rows
 
 
-def mlx_lm_rows(mlx_roots: list[Path], source: Path, ids: np.ndarray, s: Settings, ref: list[int] | None,
-                progress: Progress) -> list[LMRow]:
+def mlx_lm_rows(mlx_arts: list[runtime.Artifact], source: Path, ids: np.ndarray, s: Settings,
+                ref: list[int] | None, progress: Progress) -> list[LMRow]:
     """MLX decoder folders as their users run them, and their peer.
 
     Users load an MLX variant folder with `mlx_lm.load` (mlx-lm's model classes and kernels), not with
@@ -485,13 +484,11 @@ def mlx_lm_rows(mlx_roots: list[Path], source: Path, ids: np.ndarray, s: Setting
         return LMRow(label, variant, kind, len(ids) / tp, s.decode_tokens / td, agreement(tokens, ref), note)
 
     rows = []
-    for root in mlx_roots:
-        art = runtime.open_artifact(root)
-        for name in art.info.variants:
-            if name in art.passed:
-                progress(f"mlx-lm on {art.info.name} {name}")
-                rows.append(timed(load(str(root / name))[0], f"mlx-lm {version} (this artifact's folder)", name,
-                                  "modelport", "mlx_lm.load, as users run it"))
+    for art in mlx_arts:
+        for name in art.passed:
+            progress(f"mlx-lm on {art.info.name} {name}")
+            rows.append(timed(load(str(art.root / name))[0], f"mlx-lm {version} (this artifact's folder)", name,
+                              "modelport", "mlx_lm.load, as users run it"))
     progress("mlx-lm convert -q (peer)")
     with tempfile.TemporaryDirectory(prefix="mp-mlx-lm-") as tmp:
         t0 = time.perf_counter()
@@ -508,18 +505,19 @@ def _last(result: tuple[np.ndarray, Any]) -> tuple[np.ndarray, Any]:
     return logits[-1], state
 
 
-def bench_decoder(art: runtime.Artifact, s: Settings, progress: Progress) -> dict[str, Any]:
+def bench_decoder(art: runtime.Artifact, also: list[runtime.Artifact], s: Settings,
+                  progress: Progress) -> dict[str, Any]:
     lm = runtime.load_causal_lm(art, None, s.threads)
     ids = prompt_ids(lm, s.prefill_tokens)
     progress("pytorch (transformers)")
     pt, ref = pytorch_lm_row(art, ids, s)
     pt.same_tokens = f"{len(ref)}/{len(ref)}"
-    rows = [pt] + lm_rows(art.root, s.variants, ids, s, ref, progress)
-    for other in s.also:
+    rows = [pt] + lm_rows(art, s.variants, ids, s, ref, progress)
+    for other in also:
         rows += lm_rows(other, None, ids, s, ref, progress)
-    mlx_roots = [a for a in [art.root, *s.also] if runtime.open_artifact(a).info.name == "mlx"]
-    if mlx_roots:
-        rows += mlx_lm_rows(mlx_roots, Path(art.manifest["source"]["path"]), ids, s, ref, progress)
+    mlx_arts = [a for a in [art, *also] if a.info.name == "mlx"]
+    if mlx_arts:
+        rows += mlx_lm_rows(mlx_arts, Path(art.manifest["source"]["path"]), ids, s, ref, progress)
     return {"family": art.info.family, "rows": [asdict(r) for r in rows],
             "prompt_tokens": len(ids), "decode_tokens": s.decode_tokens}
 
@@ -537,11 +535,11 @@ def run(artifact: Path, s: Settings, progress: Progress = lambda _: None) -> dic
     for name in s.variants or []:
         if name not in art.info.variants:
             raise ModelportError(f"variant {name!r} is not in {artifact} ({', '.join(art.info.variants)})")
-    for other in s.also:
-        runtime.open_artifact(other)  # refuse a bad one before any timing
+    # opened (every file's sha256 checked) once, here: a bad one is refused before any timing
+    also = [runtime.open_artifact(other) for other in s.also]
     if not runtime.available("torch"):
         raise ToolchainError("`modelport bench` measures against PyTorch: install torch and sentence-transformers")
-    body = bench_decoder(art, s, progress) if art.is_decoder else bench_encoder(art, s, progress)
+    body = bench_decoder(art, also, s, progress) if art.is_decoder else bench_encoder(art, also, s, progress)
     return {"artifact": str(artifact), "model": art.manifest["source"].get("name"), "target": art.info.name,
             "threads": s.threads, "machine": {"system": platform.system(), "machine": platform.machine(),
                                               "cpus": os.cpu_count(), "python": sys.version.split()[0]},
